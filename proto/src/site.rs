@@ -1,0 +1,281 @@
+//! A site of the registry (the value stored under its id in the `spool-sites` bucket).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::check_path;
+use crate::names::{CollectionName, SiteId};
+use crate::signing::SigningKey;
+
+/// Placeholders a path or tag template may use.
+pub const PLACEHOLDERS: [&str; 3] = ["{slug}", "{id}", "{collection}"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Site {
+    pub id: SiteId,
+    /// `whsec_<base64>`: verifies the CMS's webhooks.
+    pub webhook_secret: String,
+    /// Tokens that may read the site's events (SSE and poll).
+    #[serde(default)]
+    pub read_tokens: Vec<String>,
+    /// A public site's events can be read without a token.
+    #[serde(default)]
+    pub public: bool,
+    /// Origins allowed by CORS on the delivery endpoints.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    /// Path and tag templates per collection; a collection without an entry gets the defaults.
+    #[serde(default)]
+    pub collections: BTreeMap<CollectionName, CollectionRoutes>,
+    /// Revalidation webhooks of the site.
+    #[serde(default)]
+    pub revalidate: Vec<RevalidateTarget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionRoutes {
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevalidateTarget {
+    pub url: String,
+    /// `whsec_<base64>`: signs the calls to `url`.
+    pub secret: String,
+    /// The collections this target wants; absent = every collection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collections: Option<Vec<CollectionName>>,
+}
+
+impl RevalidateTarget {
+    pub fn wants(&self, collection: &CollectionName) -> bool {
+        self.collections
+            .as_ref()
+            .is_none_or(|list| list.contains(collection))
+    }
+}
+
+/// Everything wrong with a site, one line per problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid site: {}", .0.join("; "))]
+pub struct SiteError(pub Vec<String>);
+
+/// The mark a redacted secret carries; a site holding it can't be stored.
+pub const REDACTED_MARK: &str = "…";
+
+impl Site {
+    /// Parses a site's JSON and checks it; the error lists every problem at once.
+    pub fn from_json(bytes: &[u8]) -> Result<Site, SiteError> {
+        let site: Site =
+            serde_json::from_slice(bytes).map_err(|e| SiteError(vec![e.to_string()]))?;
+        site.validate()?;
+        Ok(site)
+    }
+
+    pub fn validate(&self) -> Result<(), SiteError> {
+        let mut problems = Vec::new();
+        if let Err(e) = SigningKey::from_secret(&self.webhook_secret) {
+            problems.push(format!("webhook_secret: {e}"));
+        }
+        for (i, token) in self.read_tokens.iter().enumerate() {
+            if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                problems.push(format!(
+                    "read_tokens[{i}]: must be at least 16 characters without whitespace"
+                ));
+            } else if token.contains(REDACTED_MARK) {
+                problems.push(format!("read_tokens[{i}]: is a redacted value; send the real token"));
+            }
+        }
+        for (i, origin) in self.cors_origins.iter().enumerate() {
+            let ok = origin == "*"
+                || ((origin.starts_with("https://") || origin.starts_with("http://"))
+                    && !origin.ends_with('/')
+                    && !origin.chars().any(char::is_whitespace));
+            if !ok {
+                problems.push(format!(
+                    "cors_origins[{i}]: {origin:?} must be \"*\" or a scheme://host[:port] origin without a trailing '/'"
+                ));
+            }
+        }
+        for (name, routes) in &self.collections {
+            for (i, path) in routes.paths.iter().enumerate() {
+                let field = format!("collections.{name}.paths[{i}]");
+                if let Err(e) = check_path(&field, path) {
+                    problems.push(e.to_string());
+                }
+                check_placeholders(&field, path, &mut problems);
+            }
+            for (i, tag) in routes.tags.iter().enumerate() {
+                let field = format!("collections.{name}.tags[{i}]");
+                if tag.is_empty() || tag.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    problems.push(format!("{field}: must be non-empty without whitespace"));
+                }
+                check_placeholders(&field, tag, &mut problems);
+            }
+        }
+        for (i, target) in self.revalidate.iter().enumerate() {
+            let url = &target.url;
+            let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+            if !scheme_ok || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                problems.push(format!("revalidate[{i}].url: {url:?} must be an http(s) URL"));
+            }
+            if let Err(e) = SigningKey::from_secret(&target.secret) {
+                problems.push(format!("revalidate[{i}].secret: {e}"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(SiteError(problems))
+        }
+    }
+
+    /// The path and tag templates of a collection (the site's own, or the defaults).
+    pub fn routes_for(&self, collection: &CollectionName) -> CollectionRoutes {
+        self.collections
+            .get(collection)
+            .cloned()
+            .unwrap_or_else(CollectionRoutes::default_templates)
+    }
+
+    /// Is `token` one of the site's read tokens? Compared in constant time.
+    pub fn accepts_read_token(&self, token: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.read_tokens
+            .iter()
+            .fold(false, |found, t| found | bool::from(t.as_bytes().ct_eq(token.as_bytes())))
+    }
+
+    /// The site as the admin API shows it: every secret cut to a recognisable stub.
+    pub fn redacted(&self) -> Site {
+        let mut site = self.clone();
+        site.webhook_secret = redact(&site.webhook_secret);
+        site.read_tokens = site.read_tokens.iter().map(|t| redact(t)).collect();
+        for target in &mut site.revalidate {
+            target.secret = redact(&target.secret);
+        }
+        site
+    }
+
+    /// True when any secret of the site is a redacted stub (someone PUT back a GET answer).
+    pub fn has_redacted_secret(&self) -> bool {
+        std::iter::once(&self.webhook_secret)
+            .chain(&self.read_tokens)
+            .chain(self.revalidate.iter().map(|t| &t.secret))
+            .any(|s| s.contains(REDACTED_MARK))
+    }
+}
+
+impl CollectionRoutes {
+    /// `/{collection}/{slug}`, `/{collection}` and tags `{collection}`, `{collection}:{slug}`.
+    pub fn default_templates() -> CollectionRoutes {
+        CollectionRoutes {
+            paths: vec!["/{collection}/{slug}".into(), "/{collection}".into()],
+            tags: vec!["{collection}".into(), "{collection}:{slug}".into()],
+        }
+    }
+}
+
+fn check_placeholders(field: &str, template: &str, problems: &mut Vec<String>) {
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let Some(len) = rest[start..].find('}') else {
+            problems.push(format!("{field}: unclosed '{{' in {template:?}"));
+            return;
+        };
+        let placeholder = &rest[start..start + len + 1];
+        if !PLACEHOLDERS.contains(&placeholder) {
+            problems.push(format!(
+                "{field}: unknown placeholder {placeholder} in {template:?} (known: {{slug}}, {{id}}, {{collection}})"
+            ));
+        }
+        rest = &rest[start + len + 1..];
+    }
+}
+
+/// Keeps a secret's prefix (`whsec_`, `rk_live_`) and, for long ones, its last 4 characters.
+pub fn redact(secret: &str) -> String {
+    let prefix_len = secret.rfind('_').map_or(0, |i| i + 1).min(12);
+    let chars: Vec<char> = secret.chars().collect();
+    let tail: String = if chars.len() >= 24 {
+        chars[chars.len() - 4..].iter().collect()
+    } else {
+        String::new()
+    };
+    format!("{}{REDACTED_MARK}{tail}", secret.get(..prefix_len).unwrap_or(""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn site_json() -> serde_json::Value {
+        serde_json::json!({
+            "id": "acme",
+            "webhook_secret": SECRET,
+            "read_tokens": ["rk_live_0123456789abcdef"],
+            "public": false,
+            "cors_origins": ["https://acme.example"],
+            "collections": {
+                "blog": { "paths": ["/blog/{slug}", "/blog"], "tags": ["blog", "blog:{slug}"] }
+            },
+            "revalidate": [
+                { "url": "https://acme.example/api/revalidate", "secret": SECRET, "collections": ["blog"] }
+            ]
+        })
+    }
+
+    #[test]
+    fn contract_example_is_valid() {
+        let site = Site::from_json(site_json().to_string().as_bytes()).unwrap();
+        assert_eq!(site.id.as_str(), "acme");
+        assert!(site.revalidate[0].wants(&CollectionName::parse("blog").unwrap()));
+        assert!(!site.revalidate[0].wants(&CollectionName::parse("pages").unwrap()));
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let mut v = site_json();
+        v["webhook_secret"] = "nope".into();
+        v["read_tokens"] = serde_json::json!(["short"]);
+        v["cors_origins"] = serde_json::json!(["acme.example"]);
+        v["collections"]["blog"]["paths"] = serde_json::json!(["blog/{slug}", "/b/{title}"]);
+        v["revalidate"][0]["url"] = "ftp://x".into();
+        let err = Site::from_json(v.to_string().as_bytes()).unwrap_err();
+        let text = err.to_string();
+        for want in [
+            "webhook_secret:",
+            "read_tokens[0]",
+            "cors_origins[0]",
+            "collections.blog.paths[0]",
+            "unknown placeholder {title}",
+            "revalidate[0].url",
+        ] {
+            assert!(text.contains(want), "{text} lacks {want}");
+        }
+    }
+
+    #[test]
+    fn redaction_hides_secrets_and_is_refused_back() {
+        let site = Site::from_json(site_json().to_string().as_bytes()).unwrap();
+        let red = site.redacted();
+        assert_eq!(red.webhook_secret, "whsec_…LaSw");
+        assert_eq!(red.read_tokens[0], "rk_live_…cdef");
+        assert!(!serde_json::to_string(&red).unwrap().contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2"));
+        assert!(red.has_redacted_secret() && !site.has_redacted_secret());
+    }
+
+    #[test]
+    fn read_tokens_compare() {
+        let site = Site::from_json(site_json().to_string().as_bytes()).unwrap();
+        assert!(site.accepts_read_token("rk_live_0123456789abcdef"));
+        assert!(!site.accepts_read_token("rk_live_0123456789abcdeX"));
+        assert!(!site.accepts_read_token(""));
+    }
+}
