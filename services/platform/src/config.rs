@@ -1,0 +1,157 @@
+//! Configuration shared by every service, from flags and environment variables.
+//! Each service flattens [`CommonConfig`] into its own `clap` parser and adds `--listen`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// A secret from configuration: never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            Err("must not be empty".into())
+        } else {
+            Ok(Secret(s.into()))
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CommonConfig {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// NATS credentials file (JWT + NKey), if the server requires one.
+    #[arg(long, env = "NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+
+    /// Sites file (a JSON or YAML array of sites) written to the registry at start-up.
+    #[arg(long, env = "SPOOL_SITES_FILE")]
+    pub sites_file: Option<PathBuf>,
+
+    /// Bearer token of the admin API; unset = admin API disabled.
+    #[arg(long, env = "SPOOL_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+
+    #[command(flatten)]
+    pub streams: StreamSettings,
+
+    /// How long shutdown waits for in-flight work after SIGTERM.
+    #[arg(long, env = "SPOOL_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format: `text` (readable) or `json` (one object per line, for production).
+    #[arg(long, env = "SPOOL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// How the streams and the bucket are provisioned (applied idempotently at start-up).
+#[derive(Debug, Clone, Args)]
+pub struct StreamSettings {
+    /// Replicas of `SPOOL_EVENTS`, `SPOOL_DLQ` and `spool-sites` (1 in dev, 3 in production).
+    #[arg(long = "stream-replicas", env = "SPOOL_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
+
+    /// How long events are kept (the history a client can resume from).
+    #[arg(long = "stream-max-age", env = "SPOOL_STREAM_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub max_age: Duration,
+
+    /// Size cap of `SPOOL_EVENTS` in bytes (oldest events go first); -1 = no cap.
+    #[arg(long = "stream-max-bytes", env = "SPOOL_STREAM_MAX_BYTES", default_value_t = -1, allow_negative_numbers = true)]
+    pub max_bytes: i64,
+
+    /// Window in which a repeated `webhook-id` is recognised as a duplicate.
+    #[arg(long, env = "SPOOL_DUPLICATE_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub duplicate_window: Duration,
+
+    /// How long dead letters are kept.
+    #[arg(long, env = "SPOOL_DLQ_MAX_AGE", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub dlq_max_age: Duration,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            replicas: 1,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: -1,
+            duplicate_window: Duration::from_secs(3600),
+            dlq_max_age: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+impl CommonConfig {
+    /// The defaults with another NATS URL: what tests and embedders start from.
+    pub fn for_nats(nats_url: impl Into<String>) -> CommonConfig {
+        CommonConfig {
+            nats_url: nats_url.into(),
+            nats_creds: None,
+            sites_file: None,
+            admin_token: None,
+            streams: StreamSettings::default(),
+            shutdown_grace: Duration::from_secs(20),
+            log_format: "text".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        common: CommonConfig,
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        let d = StreamSettings::default();
+        assert_eq!(cli.common.nats_url, "nats://127.0.0.1:4222");
+        assert_eq!(cli.common.streams.max_age, d.max_age);
+        assert_eq!(cli.common.streams.duplicate_window, d.duplicate_window);
+        assert_eq!(cli.common.streams.dlq_max_age, d.dlq_max_age);
+        assert_eq!(cli.common.streams.max_bytes, -1);
+        assert_eq!(cli.common.streams.replicas, 1);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let err = Cli::try_parse_from(["x", "--stream-max-age", "soon"]).err().unwrap().to_string();
+        assert!(err.contains("--stream-max-age"), "{err}");
+        let err = Cli::try_parse_from(["x", "--stream-replicas", "0"]).err().unwrap().to_string();
+        assert!(err.contains("--stream-replicas"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let cli = Cli::try_parse_from(["x", "--admin-token", "hunter2"]).unwrap();
+        assert!(!format!("{:?}", cli.common).contains("hunter2"));
+    }
+}

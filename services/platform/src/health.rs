@@ -1,0 +1,54 @@
+//! What `/readyz` reports: NATS connected, streams and bucket provisioned, registry loaded.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_nats::connection::State;
+
+#[derive(Clone)]
+pub struct Readiness {
+    client: async_nats::Client,
+    provisioned: Arc<AtomicBool>,
+    registry_synced: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    pub fn new(client: async_nats::Client) -> Readiness {
+        Readiness {
+            client,
+            provisioned: Arc::default(),
+            registry_synced: Arc::default(),
+        }
+    }
+
+    pub fn set_provisioned(&self) {
+        self.provisioned.store(true, Ordering::Release);
+    }
+
+    pub fn set_registry_synced(&self, synced: bool) {
+        self.registry_synced.store(synced, Ordering::Release);
+    }
+
+    pub fn nats_connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    /// `Ok` when ready, else the list of what is not.
+    pub fn check(&self) -> Result<(), Vec<&'static str>> {
+        let mut missing = Vec::new();
+        if !self.nats_connected() {
+            missing.push("nats_disconnected");
+        }
+        if !self.provisioned.load(Ordering::Acquire) {
+            missing.push("streams_not_provisioned");
+        }
+        if !self.registry_synced.load(Ordering::Acquire) {
+            missing.push("registry_not_loaded");
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing)
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! NATS wiring: the connection (reconnecting for ever) and the idempotent provisioning of
+//! `SPOOL_EVENTS`, `SPOOL_DLQ` and the `spool-sites` bucket from configuration.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use spool_proto::names::{DLQ_STREAM, DLQ_SUBJECTS, EVENTS_STREAM, EVENTS_SUBJECTS, SITES_BUCKET};
+
+use crate::config::{CommonConfig, StreamSettings};
+
+/// Largest stored message: a 256 KiB webhook body plus its mapped paths and tags.
+pub const MAX_MESSAGE_SIZE: i32 = 512 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("stream {name}: {source}")]
+    Stream {
+        name: &'static str,
+        source: jetstream::context::CreateStreamError,
+    },
+    #[error("bucket {SITES_BUCKET}: {0}")]
+    Bucket(#[from] jetstream::context::CreateKeyValueError),
+}
+
+/// Connects in the background and keeps reconnecting for ever (quickly: a NATS restart
+/// should cost seconds, not a pod restart). The client is usable at once; requests made
+/// while disconnected fail with a timeout, which callers answer as 503.
+pub async fn connect(config: &CommonConfig, service: &str) -> anyhow::Result<async_nats::Client> {
+    use anyhow::Context as _;
+    let mut options = async_nats::ConnectOptions::new()
+        .name(service)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .reconnect_delay_callback(reconnect_delay)
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("NATS connected"),
+                async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
+                other => tracing::info!(event = %other, "NATS event"),
+            }
+        });
+    if let Some(creds) = &config.nats_creds {
+        options = options
+            .credentials_file(creds)
+            .await
+            .with_context(|| format!("--nats-creds {}", creds.display()))?;
+    }
+    options
+        .connect(config.nats_url.as_str())
+        .await
+        .with_context(|| format!("NATS_URL {}", config.nats_url))
+}
+
+/// 0 ms, then doubling from 50 ms to at most 2 s.
+pub fn reconnect_delay(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let exp = u32::try_from(attempts.saturating_sub(2).min(6)).unwrap_or(6);
+    Duration::from_millis(50u64.saturating_mul(1 << exp)).min(Duration::from_secs(2))
+}
+
+/// The configuration of `SPOOL_EVENTS`.
+pub fn events_stream_config(s: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: EVENTS_STREAM.into(),
+        description: Some("Spool Live content events".into()),
+        subjects: vec![EVENTS_SUBJECTS.into()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_age: s.max_age,
+        max_bytes: s.max_bytes,
+        max_message_size: MAX_MESSAGE_SIZE,
+        duplicate_window: s.duplicate_window,
+        num_replicas: usize::from(s.replicas),
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// The configuration of `SPOOL_DLQ`.
+pub fn dlq_stream_config(s: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: DLQ_STREAM.into(),
+        description: Some("Spool Live revalidation dead letters".into()),
+        subjects: vec![DLQ_SUBJECTS.into()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_age: s.dlq_max_age,
+        max_message_size: 2 * MAX_MESSAGE_SIZE,
+        num_replicas: usize::from(s.replicas),
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// The configuration of the `spool-sites` bucket: latest value only, kept for ever.
+pub fn sites_bucket_config(s: &StreamSettings) -> kv::Config {
+    kv::Config {
+        bucket: SITES_BUCKET.into(),
+        description: "Spool Live site registry".into(),
+        history: 1,
+        max_value_size: 1024 * 1024,
+        storage: stream::StorageType::File,
+        num_replicas: usize::from(s.replicas),
+        ..Default::default()
+    }
+}
+
+/// Creates or updates both streams and the bucket to match `settings`. Safe to run from
+/// every replica of every service at every start.
+pub async fn provision(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+) -> Result<kv::Store, ProvisionError> {
+    for (name, config) in [
+        (EVENTS_STREAM, events_stream_config(settings)),
+        (DLQ_STREAM, dlq_stream_config(settings)),
+    ] {
+        js.create_or_update_stream(config)
+            .await
+            .map_err(|source| ProvisionError::Stream { name, source })?;
+    }
+    Ok(js
+        .create_or_update_key_value(sites_bucket_config(settings))
+        .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delay_grows_and_is_capped() {
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        assert_eq!(reconnect_delay(2), Duration::from_millis(50));
+        assert_eq!(reconnect_delay(3), Duration::from_millis(100));
+        assert_eq!(reconnect_delay(100), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn stream_configs_follow_settings() {
+        let s = StreamSettings { replicas: 3, max_bytes: 1 << 30, ..Default::default() };
+        let e = events_stream_config(&s);
+        assert_eq!(e.name, "SPOOL_EVENTS");
+        assert_eq!(e.subjects, ["spool.events.>"]);
+        assert_eq!(e.num_replicas, 3);
+        assert_eq!(e.max_bytes, 1 << 30);
+        assert_eq!(e.duplicate_window, Duration::from_secs(3600));
+        assert_eq!(e.storage, stream::StorageType::File);
+        let d = dlq_stream_config(&s);
+        assert_eq!(d.subjects, ["spool.dlq.>"]);
+        assert_eq!(sites_bucket_config(&s).bucket, "spool-sites");
+    }
+}
