@@ -106,7 +106,7 @@ impl WebhookPayload {
             }
         }
         check_list("paths", &self.paths, check_path)?;
-        check_list("tags", &self.tags, |field, tag| check_token(field, tag))?;
+        check_list("tags", &self.tags, check_token)?;
         Ok(())
     }
 }

@@ -1,0 +1,68 @@
+//! `spool-ingest`: receives the CMS's signed webhooks, turns each into a content event and
+//! writes it to JetStream, answering 2xx only once JetStream acknowledged the write.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod publish;
+pub mod routes;
+
+use std::sync::Arc;
+
+use spool_platform::http;
+use spool_platform::shutdown::CancellationToken;
+use spool_platform::Platform;
+use tokio::net::TcpListener;
+
+pub use config::IngestConfig;
+
+/// A built ingest service: listening, but not serving until [`Application::run`].
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    platform: Platform,
+    port: u16,
+}
+
+impl Application {
+    /// Binds the listener (port 0 picks a free one), connects to NATS in the background and
+    /// starts provisioning. Fails only on a bad sites file or an unusable listen address.
+    pub async fn build(config: IngestConfig, shutdown: CancellationToken) -> anyhow::Result<Application> {
+        use anyhow::Context as _;
+        let listener = http::bind(config.listen)
+            .with_context(|| format!("binding SPOOL_LISTEN {}", config.listen))?;
+        let port = listener.local_addr()?.port();
+        let platform = Platform::start(config.common.clone(), "spool-ingest", shutdown).await?;
+        let state = routes::AppState {
+            publisher: publish::Publisher::new(platform.client.clone(), config.publish_timeout),
+            admin_token: config.common.admin_token.clone().map(Arc::new),
+            webhook_tolerance: config.webhook_tolerance,
+            platform: platform.clone(),
+        };
+        Ok(Application { listener, router: routes::router(state), platform, port })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until the shutdown token is cancelled, lets in-flight webhooks finish (each
+    /// either acknowledged by JetStream or answered 503), then flushes the NATS connection.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let shutdown = self.platform.shutdown.clone();
+        let grace = self.platform.config.shutdown_grace;
+        let server = http::serve(self.listener, self.router, shutdown.clone());
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => result?,
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(?grace, "in-flight requests still open after the grace period; exiting");
+            }
+        }
+        if let Err(e) = self.platform.client.flush().await {
+            tracing::warn!(error = %e, "flushing NATS on shutdown failed");
+        }
+        tracing::info!("spool-ingest stopped");
+        Ok(())
+    }
+}

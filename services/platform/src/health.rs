@@ -29,6 +29,11 @@ impl Readiness {
         self.registry_synced.store(synced, Ordering::Release);
     }
 
+    /// The registry holds the whole bucket (an unknown site is really unknown).
+    pub fn registry_loaded(&self) -> bool {
+        self.registry_synced.load(Ordering::Acquire)
+    }
+
     pub fn nats_connected(&self) -> bool {
         self.client.connection_state() == State::Connected
     }

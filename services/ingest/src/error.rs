@@ -1,0 +1,90 @@
+//! Every way a webhook or admin call can fail, and the one place each becomes an HTTP answer.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use spool_platform::http::ApiError;
+use spool_platform::registry::StoreError;
+
+/// Seconds a client should wait before retrying when NATS can't take the write.
+pub const RETRY_AFTER_SECS: u64 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{0}")]
+    InvalidSiteId(spool_proto::InvalidName),
+    #[error("unknown site {0:?}")]
+    UnknownSite(String),
+    #[error("the site registry is still loading")]
+    RegistryLoading,
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("the admin API is disabled: set SPOOL_ADMIN_TOKEN to enable it")]
+    AdminDisabled,
+    #[error("body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("Content-Type must be application/json")]
+    NotJson,
+    #[error("{0}")]
+    InvalidBody(String),
+    /// JetStream did not acknowledge the write (unreachable, timed out, refused).
+    #[error("the event stream can't be written right now: {0}")]
+    Unavailable(String),
+}
+
+impl IngestError {
+    /// The label of the `outcome` metric: bounded, one per variant.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            IngestError::InvalidSiteId(_) | IngestError::InvalidBody(_) => "bad_request",
+            IngestError::UnknownSite(_) => "unknown_site",
+            IngestError::Unauthorized(_) | IngestError::AdminDisabled => "unauthorized",
+            IngestError::TooLarge { .. } => "too_large",
+            IngestError::NotJson => "unsupported_media_type",
+            IngestError::RegistryLoading | IngestError::Unavailable(_) => "unavailable",
+        }
+    }
+
+    fn to_api_error(&self) -> ApiError {
+        let message = self.to_string();
+        match self {
+            IngestError::InvalidSiteId(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_site_id", message)
+            }
+            IngestError::InvalidBody(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", message)
+            }
+            IngestError::UnknownSite(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_site", message)
+            }
+            IngestError::Unauthorized(_) => ApiError::unauthorized(message),
+            IngestError::AdminDisabled => {
+                ApiError::new(StatusCode::FORBIDDEN, "admin_disabled", message)
+            }
+            IngestError::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+            }
+            IngestError::NotJson => {
+                ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message)
+            }
+            IngestError::RegistryLoading | IngestError::Unavailable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+                    .with_retry_after(RETRY_AFTER_SECS)
+            }
+        }
+    }
+}
+
+impl From<StoreError> for IngestError {
+    fn from(e: StoreError) -> Self {
+        IngestError::Unavailable(e.to_string())
+    }
+}
+
+impl IntoResponse for IngestError {
+    fn into_response(self) -> Response {
+        if let IngestError::Unavailable(reason) = &self {
+            tracing::warn!(%reason, "answering 503");
+        }
+        self.to_api_error().into_response()
+    }
+}
