@@ -1,0 +1,6 @@
+//! Cross-service tests, all in one binary: real nats-server, real services, real HTTP.
+
+mod admin;
+mod nats_outage;
+mod provisioning;
+mod webhooks;

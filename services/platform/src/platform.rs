@@ -36,6 +36,7 @@ impl Platform {
             Some(path) => registry::load_sites_file(path)?,
             None => Vec::new(),
         };
+        crate::metrics::handle();
         let client = crate::nats::connect(&config, service).await?;
         let jetstream = jetstream::new(client.clone());
         let platform = Platform {

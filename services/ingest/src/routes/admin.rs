@@ -83,13 +83,15 @@ pub async fn put(
             )))
         }
     }
-    let bytes = serde_json::to_vec(&value).map_err(|e| IngestError::InvalidBody(e.to_string()))?;
-    let site = Site::from_json(&bytes).map_err(|e| IngestError::InvalidBody(e.to_string()))?;
+    let site: Site = serde_json::from_value(value)
+        .map_err(|e| IngestError::InvalidBody(format!("invalid site: {e}")))?;
+    // Checked first: the stubs GET shows would otherwise be reported as malformed secrets.
     if site.has_redacted_secret() {
         return Err(IngestError::InvalidBody(format!(
             "a secret holds the redaction mark {REDACTED_MARK:?}: send the real secrets, not the values GET shows"
         )));
     }
+    site.validate().map_err(|e| IngestError::InvalidBody(e.to_string()))?;
     let created = state
         .platform
         .registry
