@@ -25,7 +25,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(started.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(100));
     }
@@ -63,22 +66,26 @@ pub struct Stored {
 
 /// Reads every message of `SPOOL_EVENTS` (the ground truth of what was stored).
 pub async fn read_events(nats_url: &str) -> Vec<Stored> {
-    let client = async_nats::connect(nats_url).await.expect("connect to NATS");
+    let client = async_nats::connect(nats_url)
+        .await
+        .expect("connect to NATS");
     let js = async_nats::jetstream::new(client);
-    let mut stream = js.get_stream(spool_proto::names::EVENTS_STREAM).await.expect("events stream");
+    let mut stream = js
+        .get_stream(spool_proto::names::EVENTS_STREAM)
+        .await
+        .expect("events stream");
     let state = stream.info().await.expect("stream info").state.clone();
     let mut out = Vec::new();
     for seq in state.first_sequence..=state.last_sequence {
         if state.messages == 0 {
             break;
         }
-        let Ok(msg) = stream.get_raw_message(seq).await else { continue };
-        let header = |name: &str| {
-            msg.headers
-                .get(name)
-                .map(|v| v.to_string())
+        let Ok(msg) = stream.get_raw_message(seq).await else {
+            continue;
         };
-        let mut event: spool_proto::Event = serde_json::from_slice(&msg.payload).expect("stored event JSON");
+        let header = |name: &str| msg.headers.get(name).map(|v| v.to_string());
+        let mut event: spool_proto::Event =
+            serde_json::from_slice(&msg.payload).expect("stored event JSON");
         event.seq = msg.sequence;
         out.push(Stored {
             seq: msg.sequence,
@@ -89,4 +96,22 @@ pub async fn read_events(nats_url: &str) -> Vec<Stored> {
         });
     }
     out
+}
+
+/// A service binary of this build (`target/<profile>/<name>`), found beside the test
+/// executable. `make test` builds them first (`cargo build --workspace --bins`).
+pub fn service_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join(name))
+        .expect("target directory");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
 }

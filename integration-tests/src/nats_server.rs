@@ -1,5 +1,10 @@
 //! A real `nats-server` with JetStream on a free port and a temporary store directory,
 //! stopped when dropped (the way async-nats's own test suite runs one).
+//!
+//! By default the binary is spawned (`$NATS_SERVER_BIN`, the Makefile's `.tools/bin`, or
+//! `PATH`). Built with the `testcontainers` feature and run with `SPOOL_TEST_NATS=docker`,
+//! the same fixture runs the pinned `nats` image in Docker instead, for CI systems that
+//! have an engine but no binary.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -17,8 +22,14 @@ pub fn binary() -> PathBuf {
     PathBuf::from("nats-server")
 }
 
+enum Backend {
+    Process(Option<Child>),
+    #[cfg(feature = "testcontainers")]
+    Container(crate::container::NatsContainer),
+}
+
 pub struct NatsServer {
-    child: Option<Child>,
+    backend: Backend,
     port: u16,
     store: tempfile::TempDir,
     log: PathBuf,
@@ -26,18 +37,34 @@ pub struct NatsServer {
 
 impl NatsServer {
     /// Starts a server on a port the kernel picks and waits until it accepts clients.
-    pub fn start() -> NatsServer {
+    pub async fn start() -> NatsServer {
         let store = tempfile::Builder::new()
             .prefix("spool-nats-")
             .tempdir()
             .expect("temp dir for the JetStream store");
         let log = store.path().join("nats.log");
-        let mut server = NatsServer { child: None, port: 0, store, log };
-        server.spawn(None);
+        #[cfg(feature = "testcontainers")]
+        if std::env::var("SPOOL_TEST_NATS").as_deref() == Ok("docker") {
+            let container = crate::container::NatsContainer::start().await;
+            let port = container.port();
+            return NatsServer {
+                backend: Backend::Container(container),
+                port,
+                store,
+                log,
+            };
+        }
+        let mut server = NatsServer {
+            backend: Backend::Process(None),
+            port: 0,
+            store,
+            log,
+        };
+        server.spawn(None).await;
         server
     }
 
-    fn spawn(&mut self, port: Option<u16>) {
+    async fn spawn(&mut self, port: Option<u16>) {
         let port_arg = port.map_or("-1".to_string(), |p| p.to_string());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -52,18 +79,22 @@ impl NatsServer {
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot start {:?} ({e}); run `make tools` or set NATS_SERVER_BIN", binary())
+                panic!(
+                    "cannot start {:?} ({e}); run `make tools` or set NATS_SERVER_BIN",
+                    binary()
+                )
             });
-        self.child = Some(child);
-        self.port = self.wait_ready(start_len);
+        self.backend = Backend::Process(Some(child));
+        self.port = self.wait_ready(start_len).await;
     }
 
     /// Reads the server log (from `offset`) until it says where it listens and is ready.
-    fn wait_ready(&mut self, offset: u64) -> u16 {
+    async fn wait_ready(&mut self, offset: u64) -> u16 {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = std::fs::read(&self.log).unwrap_or_default();
-            let text = String::from_utf8_lossy(&text[usize::try_from(offset).unwrap_or(0).min(text.len())..]).into_owned();
+            let from = usize::try_from(offset).unwrap_or(0).min(text.len());
+            let text = String::from_utf8_lossy(&text[from..]).into_owned();
             let port = text
                 .lines()
                 .find_map(|l| l.split("Listening for client connections on ").nth(1))
@@ -71,11 +102,16 @@ impl NatsServer {
             if let (Some(port), true) = (port, text.contains("Server is ready")) {
                 return port;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("nats-server exited with {status}:\n{text}");
+            if let Backend::Process(Some(child)) = &mut self.backend {
+                if let Some(status) = child.try_wait().ok().flatten() {
+                    panic!("nats-server exited with {status}:\n{text}");
+                }
             }
-            assert!(Instant::now() < deadline, "nats-server not ready after 20 s:\n{text}");
-            std::thread::sleep(Duration::from_millis(10));
+            assert!(
+                Instant::now() < deadline,
+                "nats-server not ready after 20 s:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -88,36 +124,45 @@ impl NatsServer {
     }
 
     /// Stops the server gracefully (SIGTERM, as an orchestrator would) and waits for it.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    break;
+    pub async fn stop(&mut self) {
+        match &mut self.backend {
+            Backend::Process(slot) => {
+                let Some(mut child) = slot.take() else { return };
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while child.try_wait().ok().flatten().is_none() {
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                std::thread::sleep(Duration::from_millis(10));
+                let _ = child.wait();
             }
-            let _ = child.wait();
+            #[cfg(feature = "testcontainers")]
+            Backend::Container(c) => c.stop().await,
         }
     }
 
     /// Starts it again on the same port with the same store.
-    pub fn restart(&mut self) {
-        self.stop();
-        let port = self.port;
-        self.spawn(Some(port));
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        match &mut self.backend {
+            Backend::Process(_) => {
+                let port = self.port;
+                self.spawn(Some(port)).await;
+            }
+            #[cfg(feature = "testcontainers")]
+            Backend::Container(c) => c.restart().await,
+        }
     }
 }
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        if let Backend::Process(Some(child)) = &mut self.backend {
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -35,7 +35,7 @@ impl TestIngest {
 
     /// Starts an ingest without waiting for NATS.
     pub async fn start_unready(config: IngestConfig) -> TestIngest {
-        spool_platform::telemetry::init("text");
+        spool_platform::telemetry::init("text", "error");
         let shutdown = CancellationToken::new();
         let app = Application::build(config, shutdown.clone())
             .await
@@ -79,7 +79,12 @@ impl TestIngest {
             .send()
             .await
             .expect("admin PUT");
-        assert!(r.status().is_success(), "PUT site {id}: {} {}", r.status(), r.text().await.unwrap_or_default());
+        assert!(
+            r.status().is_success(),
+            "PUT site {id}: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
     }
 
     /// Cancels the service and waits for it to exit.

@@ -41,7 +41,12 @@ impl Webhook {
     }
 
     /// The signed request, ready to send or to alter.
-    pub fn request(&self, http: &reqwest::Client, base_url: &str, site: &str) -> reqwest::RequestBuilder {
+    pub fn request(
+        &self,
+        http: &reqwest::Client,
+        base_url: &str,
+        site: &str,
+    ) -> reqwest::RequestBuilder {
         http.post(format!("{base_url}/v1/sites/{site}/webhooks"))
             .header("content-type", "application/json")
             .header("webhook-id", &self.id)
@@ -50,8 +55,17 @@ impl Webhook {
             .body(self.body.clone())
     }
 
-    pub async fn send(&self, http: &reqwest::Client, base_url: &str, site: &str) -> (u16, serde_json::Value) {
-        let r = self.request(http, base_url, site).send().await.expect("webhook request");
+    pub async fn send(
+        &self,
+        http: &reqwest::Client,
+        base_url: &str,
+        site: &str,
+    ) -> (u16, serde_json::Value) {
+        let r = self
+            .request(http, base_url, site)
+            .send()
+            .await
+            .expect("webhook request");
         let status = r.status().as_u16();
         let json = r.json().await.unwrap_or(serde_json::Value::Null);
         (status, json)

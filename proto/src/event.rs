@@ -219,7 +219,8 @@ mod tests {
 
     #[test]
     fn minimal_body_is_enough() {
-        let p = parse(r#"{"type":"content.deleted","collection":"blog","item":{"id":"1"}}"#).unwrap();
+        let p =
+            parse(r#"{"type":"content.deleted","collection":"blog","item":{"id":"1"}}"#).unwrap();
         assert!(p.paths.is_empty() && p.tags.is_empty() && p.occurred_at.is_none());
     }
 
@@ -236,18 +237,54 @@ mod tests {
     fn refusals_name_the_field() {
         let cases = [
             ("{", "EOF"),
-            (r#"{"type":"content.moved","collection":"blog","item":{"id":"1"}}"#, "unknown variant `content.moved`"),
-            (r#"{"type":"content.created","item":{"id":"1"}}"#, "missing field `collection`"),
-            (r#"{"type":"content.created","collection":"Blog","item":{"id":"1"}}"#, "invalid collection name \"Blog\""),
-            (r#"{"type":"content.created","collection":"blog"}"#, "missing field `item`"),
-            (r#"{"type":"content.created","collection":"blog","item":{"slug":"a"}}"#, "missing field `id`"),
-            (r#"{"type":"content.created","collection":"blog","item":{"id":""}}"#, "item.id must not be empty"),
-            (r#"{"type":"content.created","collection":"blog","item":{"id":"1","slug":"a b"}}"#, "item.slug \"a b\" must not contain whitespace"),
-            (r#"{"type":"content.created","collection":"blog","item":{"id":"1","slug":"../x"}}"#, "'..' segment"),
-            (r#"{"type":"content.created","collection":"blog","item":{"id":"1"},"paths":["x"]}"#, "paths[0] \"x\" must be a path"),
-            (r#"{"type":"content.created","collection":"blog","item":{"id":"1"},"tags":["ok",""]}"#, "tags[1] must not be empty"),
-            (r#"{"type":"content.created","collection":"blog","item":{"id":"1"},"occurred_at":"yesterday"}"#, "occurred_at: "),
-            (r#"{"type":"content.created","collection":"blog","item":{"id":1}}"#, "invalid type: integer `1`, expected a string"),
+            (
+                r#"{"type":"content.moved","collection":"blog","item":{"id":"1"}}"#,
+                "unknown variant `content.moved`",
+            ),
+            (
+                r#"{"type":"content.created","item":{"id":"1"}}"#,
+                "missing field `collection`",
+            ),
+            (
+                r#"{"type":"content.created","collection":"Blog","item":{"id":"1"}}"#,
+                "invalid collection name \"Blog\"",
+            ),
+            (
+                r#"{"type":"content.created","collection":"blog"}"#,
+                "missing field `item`",
+            ),
+            (
+                r#"{"type":"content.created","collection":"blog","item":{"slug":"a"}}"#,
+                "missing field `id`",
+            ),
+            (
+                r#"{"type":"content.created","collection":"blog","item":{"id":""}}"#,
+                "item.id must not be empty",
+            ),
+            (
+                r#"{"type":"content.created","collection":"blog","item":{"id":"1","slug":"a b"}}"#,
+                "item.slug \"a b\" must not contain whitespace",
+            ),
+            (
+                r#"{"type":"content.created","collection":"blog","item":{"id":"1","slug":"../x"}}"#,
+                "'..' segment",
+            ),
+            (
+                r#"{"type":"content.created","collection":"blog","item":{"id":"1"},"paths":["x"]}"#,
+                "paths[0] \"x\" must be a path",
+            ),
+            (
+                r#"{"type":"content.created","collection":"blog","item":{"id":"1"},"tags":["ok",""]}"#,
+                "tags[1] must not be empty",
+            ),
+            (
+                r#"{"type":"content.created","collection":"blog","item":{"id":"1"},"occurred_at":"yesterday"}"#,
+                "occurred_at: ",
+            ),
+            (
+                r#"{"type":"content.created","collection":"blog","item":{"id":1}}"#,
+                "invalid type: integer `1`, expected a string",
+            ),
         ];
         for (body, want) in cases {
             let err = parse(body).unwrap_err().to_string();
@@ -271,7 +308,11 @@ mod tests {
             site: SiteId::parse("acme").unwrap(),
             kind: EventType::Published,
             collection: CollectionName::parse("blog").unwrap(),
-            item: Item { id: "42".into(), slug: None, extra: Map::new() },
+            item: Item {
+                id: "42".into(),
+                slug: None,
+                extra: Map::new(),
+            },
             paths: vec!["/blog".into()],
             tags: vec!["blog".into()],
             occurred_at: OffsetDateTime::UNIX_EPOCH,

@@ -17,9 +17,7 @@ pub fn to_event(
     let routes = site.routes_for(&payload.collection);
     let expand = |templates: &[String], extra: Vec<String>| -> Vec<String> {
         let mut out: Vec<String> = Vec::with_capacity(templates.len() + extra.len());
-        let expanded = templates
-            .iter()
-            .filter_map(|t| expand(t, &payload));
+        let expanded = templates.iter().filter_map(|t| expand(t, &payload));
         for value in expanded.chain(extra) {
             if !out.contains(&value) {
                 out.push(value);
@@ -75,11 +73,20 @@ mod tests {
         }
     }
 
-    fn payload(collection: &str, slug: Option<&str>, paths: &[&str], tags: &[&str]) -> WebhookPayload {
+    fn payload(
+        collection: &str,
+        slug: Option<&str>,
+        paths: &[&str],
+        tags: &[&str],
+    ) -> WebhookPayload {
         WebhookPayload {
             kind: EventType::Published,
             collection: CollectionName::parse(collection).unwrap(),
-            item: Item { id: "42".into(), slug: slug.map(Into::into), extra: Default::default() },
+            item: Item {
+                id: "42".into(),
+                slug: slug.map(Into::into),
+                extra: Default::default(),
+            },
             paths: paths.iter().map(|s| s.to_string()).collect(),
             tags: tags.iter().map(|s| s.to_string()).collect(),
             occurred_at: None,
@@ -97,7 +104,12 @@ mod tests {
             },
         );
         let now = OffsetDateTime::now_utc();
-        let e = to_event(&site(collections), "msg_1", payload("blog", Some("my-post"), &["/extra/path"], &["extra-tag"]), now);
+        let e = to_event(
+            &site(collections),
+            "msg_1",
+            payload("blog", Some("my-post"), &["/extra/path"], &["extra-tag"]),
+            now,
+        );
         assert_eq!(e.paths, ["/blog/my-post", "/blog", "/extra/path"]);
         assert_eq!(e.tags, ["blog", "blog:my-post", "extra-tag"]);
         assert_eq!(e.occurred_at, now);
@@ -106,10 +118,20 @@ mod tests {
 
     #[test]
     fn defaults_without_an_entry_and_slugless_templates_skipped() {
-        let e = to_event(&site(BTreeMap::new()), "m", payload("news", Some("x"), &[], &[]), OffsetDateTime::UNIX_EPOCH);
+        let e = to_event(
+            &site(BTreeMap::new()),
+            "m",
+            payload("news", Some("x"), &[], &[]),
+            OffsetDateTime::UNIX_EPOCH,
+        );
         assert_eq!(e.paths, ["/news/x", "/news"]);
         assert_eq!(e.tags, ["news", "news:x"]);
-        let e = to_event(&site(BTreeMap::new()), "m", payload("news", None, &["/news"], &[]), OffsetDateTime::UNIX_EPOCH);
+        let e = to_event(
+            &site(BTreeMap::new()),
+            "m",
+            payload("news", None, &["/news"], &[]),
+            OffsetDateTime::UNIX_EPOCH,
+        );
         assert_eq!(e.paths, ["/news"]);
         assert_eq!(e.tags, ["news"]);
     }

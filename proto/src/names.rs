@@ -46,9 +46,9 @@ pub fn is_valid_name(s: &str) -> bool {
         Some((first, rest)) => {
             (first.is_ascii_lowercase() || first.is_ascii_digit())
                 && rest.len() <= 62
-                && rest
-                    .iter()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
+                && rest.iter().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-'
+                })
         }
         None => false,
     }
@@ -139,7 +139,19 @@ mod tests {
         for ok in ["acme", "0", "a-b_c", "blog", &"a".repeat(63)] {
             assert!(SiteId::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-a", "_a", "Acme", "a.b", "a b", "a/b", "a>", "a*", "é", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "-a",
+            "_a",
+            "Acme",
+            "a.b",
+            "a b",
+            "a/b",
+            "a>",
+            "a*",
+            "é",
+            &"a".repeat(64),
+        ] {
             assert!(SiteId::parse(bad).is_err(), "{bad}");
         }
     }

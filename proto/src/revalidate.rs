@@ -75,7 +75,11 @@ mod tests {
             site: SiteId::parse("acme").unwrap(),
             kind: EventType::Updated,
             collection: CollectionName::parse("blog").unwrap(),
-            item: Item { id: seq.to_string(), slug: Some(slug.into()), extra: Default::default() },
+            item: Item {
+                id: seq.to_string(),
+                slug: Some(slug.into()),
+                extra: Default::default(),
+            },
             paths: vec![format!("/blog/{slug}"), "/blog".into()],
             tags: vec!["blog".into(), format!("blog:{slug}")],
             occurred_at: OffsetDateTime::UNIX_EPOCH,
@@ -91,6 +95,9 @@ mod tests {
         assert_eq!(body.tags, ["blog", "blog:a", "blog:b"]);
         let json = serde_json::to_value(&body).unwrap();
         assert_eq!(json["type"], "revalidate");
-        assert_eq!(json["events"][1], serde_json::json!({"seq":2,"id":"msg_2","type":"content.updated","collection":"blog","slug":"b"}));
+        assert_eq!(
+            json["events"][1],
+            serde_json::json!({"seq":2,"id":"msg_2","type":"content.updated","collection":"blog","slug":"b"})
+        );
     }
 }

@@ -149,7 +149,14 @@ mod tests {
         assert_eq!(key().sign(SPEC_ID, SPEC_TS, SPEC_BODY.as_bytes()), SPEC_SIG);
         let ts = SPEC_TS.to_string();
         key()
-            .verify(Some(SPEC_ID), Some(&ts), Some(SPEC_SIG), SPEC_BODY.as_bytes(), SPEC_TS, 300)
+            .verify(
+                Some(SPEC_ID),
+                Some(&ts),
+                Some(SPEC_SIG),
+                SPEC_BODY.as_bytes(),
+                SPEC_TS,
+                300,
+            )
             .unwrap();
     }
 
@@ -158,7 +165,14 @@ mod tests {
         let ts = SPEC_TS.to_string();
         let sigs = format!("v2,xyz v1,bm90IGl0 {SPEC_SIG}");
         key()
-            .verify(Some(SPEC_ID), Some(&ts), Some(&sigs), SPEC_BODY.as_bytes(), SPEC_TS, 300)
+            .verify(
+                Some(SPEC_ID),
+                Some(&ts),
+                Some(&sigs),
+                SPEC_BODY.as_bytes(),
+                SPEC_TS,
+                300,
+            )
             .unwrap();
     }
 
@@ -168,23 +182,59 @@ mod tests {
         let body = SPEC_BODY.as_bytes();
         let ts = SPEC_TS.to_string();
         let v = |id, ts, sig, now| k.verify(id, ts, sig, body, now, 300);
-        assert_eq!(v(None, Some(&ts), Some(SPEC_SIG), SPEC_TS), Err(VerifyError::MissingHeader("webhook-id")));
-        assert_eq!(v(Some(SPEC_ID), None, Some(SPEC_SIG), SPEC_TS), Err(VerifyError::MissingHeader("webhook-timestamp")));
-        assert_eq!(v(Some(SPEC_ID), Some(&ts), None, SPEC_TS), Err(VerifyError::MissingHeader("webhook-signature")));
-        assert_eq!(v(Some("a b"), Some(&ts), Some(SPEC_SIG), SPEC_TS), Err(VerifyError::BadId));
-        assert_eq!(v(Some(SPEC_ID), Some("soon"), Some(SPEC_SIG), SPEC_TS), Err(VerifyError::BadTimestamp));
-        assert_eq!(v(Some(SPEC_ID), Some(&ts), Some(SPEC_SIG), SPEC_TS + 301), Err(VerifyError::StaleTimestamp(301, 300)));
-        assert_eq!(v(Some(SPEC_ID), Some(&ts), Some(SPEC_SIG), SPEC_TS - 301), Err(VerifyError::StaleTimestamp(-301, 300)));
+        assert_eq!(
+            v(None, Some(&ts), Some(SPEC_SIG), SPEC_TS),
+            Err(VerifyError::MissingHeader("webhook-id"))
+        );
+        assert_eq!(
+            v(Some(SPEC_ID), None, Some(SPEC_SIG), SPEC_TS),
+            Err(VerifyError::MissingHeader("webhook-timestamp"))
+        );
+        assert_eq!(
+            v(Some(SPEC_ID), Some(&ts), None, SPEC_TS),
+            Err(VerifyError::MissingHeader("webhook-signature"))
+        );
+        assert_eq!(
+            v(Some("a b"), Some(&ts), Some(SPEC_SIG), SPEC_TS),
+            Err(VerifyError::BadId)
+        );
+        assert_eq!(
+            v(Some(SPEC_ID), Some("soon"), Some(SPEC_SIG), SPEC_TS),
+            Err(VerifyError::BadTimestamp)
+        );
+        assert_eq!(
+            v(Some(SPEC_ID), Some(&ts), Some(SPEC_SIG), SPEC_TS + 301),
+            Err(VerifyError::StaleTimestamp(301, 300))
+        );
+        assert_eq!(
+            v(Some(SPEC_ID), Some(&ts), Some(SPEC_SIG), SPEC_TS - 301),
+            Err(VerifyError::StaleTimestamp(-301, 300))
+        );
         assert!(v(Some(SPEC_ID), Some(&ts), Some(SPEC_SIG), SPEC_TS + 300).is_ok());
-        assert_eq!(v(Some("msg_other"), Some(&ts), Some(SPEC_SIG), SPEC_TS), Err(VerifyError::NoMatchingSignature));
-        assert_eq!(v(Some(SPEC_ID), Some(&ts), Some("v1,"), SPEC_TS), Err(VerifyError::NoMatchingSignature));
+        assert_eq!(
+            v(Some("msg_other"), Some(&ts), Some(SPEC_SIG), SPEC_TS),
+            Err(VerifyError::NoMatchingSignature)
+        );
+        assert_eq!(
+            v(Some(SPEC_ID), Some(&ts), Some("v1,"), SPEC_TS),
+            Err(VerifyError::NoMatchingSignature)
+        );
     }
 
     #[test]
     fn secrets_are_checked() {
-        assert_eq!(SigningKey::from_secret("MfKQ9r8GKYqrTwjU").unwrap_err(), SecretError::MissingPrefix);
-        assert_eq!(SigningKey::from_secret("whsec_!!!").unwrap_err(), SecretError::NotBase64);
-        assert_eq!(SigningKey::from_secret("whsec_YWJj").unwrap_err(), SecretError::BadLength(3));
+        assert_eq!(
+            SigningKey::from_secret("MfKQ9r8GKYqrTwjU").unwrap_err(),
+            SecretError::MissingPrefix
+        );
+        assert_eq!(
+            SigningKey::from_secret("whsec_!!!").unwrap_err(),
+            SecretError::NotBase64
+        );
+        assert_eq!(
+            SigningKey::from_secret("whsec_YWJj").unwrap_err(),
+            SecretError::BadLength(3)
+        );
     }
 
     proptest! {

@@ -87,7 +87,9 @@ impl Site {
                     "read_tokens[{i}]: must be at least 16 characters without whitespace"
                 ));
             } else if token.contains(REDACTED_MARK) {
-                problems.push(format!("read_tokens[{i}]: is a redacted value; send the real token"));
+                problems.push(format!(
+                    "read_tokens[{i}]: is a redacted value; send the real token"
+                ));
             }
         }
         for (i, origin) in self.cors_origins.iter().enumerate() {
@@ -121,7 +123,9 @@ impl Site {
             let url = &target.url;
             let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
             if !scheme_ok || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                problems.push(format!("revalidate[{i}].url: {url:?} must be an http(s) URL"));
+                problems.push(format!(
+                    "revalidate[{i}].url: {url:?} must be an http(s) URL"
+                ));
             }
             if let Err(e) = SigningKey::from_secret(&target.secret) {
                 problems.push(format!("revalidate[{i}].secret: {e}"));
@@ -145,9 +149,9 @@ impl Site {
     /// Is `token` one of the site's read tokens? Compared in constant time.
     pub fn accepts_read_token(&self, token: &str) -> bool {
         use subtle::ConstantTimeEq;
-        self.read_tokens
-            .iter()
-            .fold(false, |found, t| found | bool::from(t.as_bytes().ct_eq(token.as_bytes())))
+        self.read_tokens.iter().fold(false, |found, t| {
+            found | bool::from(t.as_bytes().ct_eq(token.as_bytes()))
+        })
     }
 
     /// The site as the admin API shows it: every secret cut to a recognisable stub.
@@ -206,7 +210,10 @@ pub fn redact(secret: &str) -> String {
     } else {
         String::new()
     };
-    format!("{}{REDACTED_MARK}{tail}", secret.get(..prefix_len).unwrap_or(""))
+    format!(
+        "{}{REDACTED_MARK}{tail}",
+        secret.get(..prefix_len).unwrap_or("")
+    )
 }
 
 #[cfg(test)]
@@ -267,7 +274,9 @@ mod tests {
         let red = site.redacted();
         assert_eq!(red.webhook_secret, "whsec_…LaSw");
         assert_eq!(red.read_tokens[0], "rk_live_…cdef");
-        assert!(!serde_json::to_string(&red).unwrap().contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2"));
+        assert!(!serde_json::to_string(&red)
+            .unwrap()
+            .contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2"));
         assert!(red.has_redacted_secret() && !site.has_redacted_secret());
     }
 

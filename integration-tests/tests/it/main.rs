@@ -3,4 +3,5 @@
 mod admin;
 mod nats_outage;
 mod provisioning;
+mod sigterm;
 mod webhooks;

@@ -15,7 +15,10 @@ use spool_integration_tests::{eventually, read_events, site_json};
 async fn send_until_stored(ingest: &TestIngest, hook: &Webhook) -> (u16, u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let r = hook.request(&ingest.http, &ingest.base_url, "acme").send().await;
+        let r = hook
+            .request(&ingest.http, &ingest.base_url, "acme")
+            .send()
+            .await;
         if let Ok(r) = r {
             let status = r.status().as_u16();
             if status == 200 || status == 202 {
@@ -25,44 +28,68 @@ async fn send_until_stored(ingest: &TestIngest, hook: &Webhook) -> (u16, u64) {
             assert_eq!(status, 503, "only 503 is expected while NATS restarts");
             assert!(r.headers().contains_key("retry-after"));
         }
-        assert!(Instant::now() < deadline, "webhook {} never stored", hook.id);
+        assert!(
+            Instant::now() < deadline,
+            "webhook {} never stored",
+            hook.id
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_down_answers_503_with_retry_after_and_recovers_without_a_restart() {
-    let mut nats = NatsServer::start();
+    let mut nats = NatsServer::start().await;
     let ingest = TestIngest::start(ingest_config(&nats.url())).await;
     ingest.put_site(&site_json("acme")).await;
-    tokio::task::block_in_place(|| nats.stop());
+    nats.stop().await;
 
     let hook = Webhook::published("msg_outage", "blog", "1");
     let started = Instant::now();
-    let r = hook.request(&ingest.http, &ingest.base_url, "acme").send().await.unwrap();
+    let r = hook
+        .request(&ingest.http, &ingest.base_url, "acme")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "2");
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unavailable");
-    assert!(started.elapsed() < Duration::from_secs(5), "503 took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "503 took {:?}",
+        started.elapsed()
+    );
     let r = ingest.http.get(ingest.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     // Liveness does not depend on NATS.
-    assert_eq!(ingest.http.get(ingest.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        ingest
+            .http
+            .get(ingest.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
-    tokio::task::block_in_place(|| nats.restart());
+    nats.restart().await;
     let (status, seq) = send_until_stored(&ingest, &hook).await;
     assert!(status == 202 || status == 200);
     ingest.wait_ready().await;
     let stored = read_events(&nats.url()).await;
-    assert_eq!(stored.iter().filter(|s| s.event.id == "msg_outage").count(), 1);
+    assert_eq!(
+        stored.iter().filter(|s| s.event.id == "msg_outage").count(),
+        1
+    );
     assert!(stored.iter().any(|s| s.seq == seq));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_restart_in_the_middle_of_a_stream_of_webhooks_loses_nothing_acked() {
     const TOTAL: usize = 150;
-    let mut nats = NatsServer::start();
+    let mut nats = NatsServer::start().await;
     let ingest = Arc::new(TestIngest::start(ingest_config(&nats.url())).await);
     ingest.put_site(&site_json("acme")).await;
 
@@ -81,11 +108,13 @@ async fn a_nats_restart_in_the_middle_of_a_stream_of_webhooks_loses_nothing_acke
             answers
         })
     };
-    eventually("a third of the webhooks acked", Duration::from_secs(30), || async {
-        (acked.load(Ordering::Relaxed) >= TOTAL / 3).then_some(())
-    })
+    eventually(
+        "a third of the webhooks acked",
+        Duration::from_secs(30),
+        || async { (acked.load(Ordering::Relaxed) >= TOTAL / 3).then_some(()) },
+    )
     .await;
-    tokio::task::block_in_place(|| nats.restart());
+    nats.restart().await;
     let answers = writer.await.unwrap();
 
     let stored = read_events(&nats.url()).await;
@@ -93,6 +122,10 @@ async fn a_nats_restart_in_the_middle_of_a_stream_of_webhooks_loses_nothing_acke
     assert_eq!(stored.len(), TOTAL, "every webhook stored exactly once");
     assert_eq!(by_id.len(), TOTAL);
     for (id, seq) in &answers {
-        assert_eq!(by_id.get(id), Some(seq), "{id} answered with seq {seq} but stored elsewhere");
+        assert_eq!(
+            by_id.get(id),
+            Some(seq),
+            "{id} answered with seq {seq} but stored elsewhere"
+        );
     }
 }

@@ -27,7 +27,10 @@ pub struct Application {
 impl Application {
     /// Binds the listener (port 0 picks a free one), connects to NATS in the background and
     /// starts provisioning. Fails only on a bad sites file or an unusable listen address.
-    pub async fn build(config: IngestConfig, shutdown: CancellationToken) -> anyhow::Result<Application> {
+    pub async fn build(
+        config: IngestConfig,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Application> {
         use anyhow::Context as _;
         let listener = http::bind(config.listen)
             .with_context(|| format!("binding SPOOL_LISTEN {}", config.listen))?;
@@ -39,7 +42,12 @@ impl Application {
             webhook_tolerance: config.webhook_tolerance,
             platform: platform.clone(),
         };
-        Ok(Application { listener, router: routes::router(state), platform, port })
+        Ok(Application {
+            listener,
+            router: routes::router(state),
+            platform,
+            port,
+        })
     }
 
     pub fn port(&self) -> u16 {

@@ -5,7 +5,7 @@ use spool_platform::shutdown::{cancel_on_signal, CancellationToken};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = IngestConfig::parse();
-    spool_platform::telemetry::init(&config.common.log_format);
+    spool_platform::telemetry::init(&config.common.log_format, "info");
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let app = Application::build(config, shutdown).await?;

@@ -39,7 +39,11 @@ impl Publisher {
         let jetstream = jetstream::ContextBuilder::new()
             .timeout(timeout)
             .build(client.clone());
-        Publisher { client, jetstream, timeout }
+        Publisher {
+            client,
+            jetstream,
+            timeout,
+        }
     }
 
     /// Publishes with `Nats-Msg-Id` = site + webhook id, so JetStream de-duplicates a
@@ -73,6 +77,9 @@ impl Publisher {
             .await
             .map_err(|_| PublishError::TimedOut(self.timeout))??;
         metrics::histogram!("spool_ingest_publish_duration_seconds").record(started.elapsed());
-        Ok(Published { seq: ack.sequence, duplicate: ack.duplicate })
+        Ok(Published {
+            seq: ack.sequence,
+            duplicate: ack.duplicate,
+        })
     }
 }

@@ -143,9 +143,15 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_flag() {
-        let err = Cli::try_parse_from(["x", "--stream-max-age", "soon"]).err().unwrap().to_string();
+        let err = Cli::try_parse_from(["x", "--stream-max-age", "soon"])
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("--stream-max-age"), "{err}");
-        let err = Cli::try_parse_from(["x", "--stream-replicas", "0"]).err().unwrap().to_string();
+        let err = Cli::try_parse_from(["x", "--stream-replicas", "0"])
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("--stream-replicas"), "{err}");
     }
 

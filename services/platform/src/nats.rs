@@ -143,7 +143,11 @@ mod tests {
 
     #[test]
     fn stream_configs_follow_settings() {
-        let s = StreamSettings { replicas: 3, max_bytes: 1 << 30, ..Default::default() };
+        let s = StreamSettings {
+            replicas: 3,
+            max_bytes: 1 << 30,
+            ..Default::default()
+        };
         let e = events_stream_config(&s);
         assert_eq!(e.name, "SPOOL_EVENTS");
         assert_eq!(e.subjects, ["spool.events.>"]);

@@ -86,7 +86,9 @@ impl Platform {
         let _ = self.bucket.set(store.clone());
         let readiness = self.readiness.clone();
         self.registry
-            .follow(store, self.shutdown.clone(), move |synced| readiness.set_registry_synced(synced))
+            .follow(store, self.shutdown.clone(), move |synced| {
+                readiness.set_registry_synced(synced)
+            })
             .await;
     }
 }

@@ -69,14 +69,24 @@ impl SiteRegistry {
         let mut sites = self.sites.write().unwrap_or_else(PoisonError::into_inner);
         let newer = sites.get(key).is_none_or(|slot| revision > slot.revision);
         if newer {
-            tracing::info!(site = key, revision, removed = site.is_none(), "site registry updated");
+            tracing::info!(
+                site = key,
+                revision,
+                removed = site.is_none(),
+                "site registry updated"
+            );
             sites.insert(key.to_owned(), Slot { revision, site });
         }
     }
 
     /// Loads the whole bucket, then follows its changes until `shutdown`; on any watch
     /// failure (NATS restart, ...) starts over. `on_synced` runs after each full load.
-    pub async fn follow(&self, store: kv::Store, shutdown: CancellationToken, on_synced: impl Fn(bool)) {
+    pub async fn follow(
+        &self,
+        store: kv::Store,
+        shutdown: CancellationToken,
+        on_synced: impl Fn(bool),
+    ) {
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
             let result = tokio::select! {
@@ -95,7 +105,11 @@ impl SiteRegistry {
         }
     }
 
-    async fn sync_and_watch(&self, store: &kv::Store, on_synced: &impl Fn(bool)) -> anyhow::Result<()> {
+    async fn sync_and_watch(
+        &self,
+        store: &kv::Store,
+        on_synced: &impl Fn(bool),
+    ) -> anyhow::Result<()> {
         // Everything after `last` arrives through the watch; everything up to it is read now.
         let status = store.status().await.context("bucket status")?;
         let last = status.info.state.last_sequence;
@@ -123,7 +137,9 @@ impl SiteRegistry {
     fn apply_entry(&self, entry: &kv::Entry) {
         match entry.operation {
             kv::Operation::Put => self.apply(&entry.key, entry.revision, Some(&entry.value)),
-            kv::Operation::Delete | kv::Operation::Purge => self.apply(&entry.key, entry.revision, None),
+            kv::Operation::Delete | kv::Operation::Purge => {
+                self.apply(&entry.key, entry.revision, None)
+            }
         }
     }
 
@@ -132,7 +148,10 @@ impl SiteRegistry {
         let mut sites = self.sites.write().unwrap_or_else(PoisonError::into_inner);
         for (key, slot) in sites.iter_mut() {
             if slot.site.is_some() && !present.contains(key) && slot.revision <= revision {
-                *slot = Slot { revision, site: None };
+                *slot = Slot {
+                    revision,
+                    site: None,
+                };
             }
         }
     }
@@ -151,7 +170,11 @@ impl SiteRegistry {
     }
 
     /// Deletes a site from the bucket and here. Returns whether it existed.
-    pub async fn remove(&self, bucket: Option<&kv::Store>, id: &SiteId) -> Result<bool, StoreError> {
+    pub async fn remove(
+        &self,
+        bucket: Option<&kv::Store>,
+        id: &SiteId,
+    ) -> Result<bool, StoreError> {
         let bucket = bucket.ok_or(StoreError::Unavailable)?;
         let existed = self.get(id.as_str()).is_some();
         bucket
@@ -186,7 +209,11 @@ pub fn load_sites_file(path: &Path) -> anyhow::Result<Vec<Site>> {
         let site = Site::from_json(&bytes)
             .with_context(|| format!("sites file {}: site #{i}", path.display()))?;
         if sites.iter().any(|s: &Site| s.id == site.id) {
-            anyhow::bail!("sites file {}: site {} appears twice", path.display(), site.id);
+            anyhow::bail!(
+                "sites file {}: site {} appears twice",
+                path.display(),
+                site.id
+            );
         }
         sites.push(site);
     }
@@ -237,7 +264,10 @@ mod tests {
         r.apply("acme", 6, None);
         assert!(r.get("acme").is_none());
         r.apply("acme", 4, Some(&site_json("acme", true)));
-        assert!(r.get("acme").is_none(), "a stale put must not resurrect a deleted site");
+        assert!(
+            r.get("acme").is_none(),
+            "a stale put must not resurrect a deleted site"
+        );
         r.apply("acme", 7, Some(&site_json("acme", false)));
         assert!(!r.get("acme").unwrap().public);
     }
@@ -256,15 +286,26 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("spool-sites-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let json = dir.join("sites.json");
-        std::fs::write(&json, format!("[{}]", String::from_utf8(site_json("acme", true)).unwrap())).unwrap();
+        std::fs::write(
+            &json,
+            format!("[{}]", String::from_utf8(site_json("acme", true)).unwrap()),
+        )
+        .unwrap();
         assert_eq!(load_sites_file(&json).unwrap()[0].id.as_str(), "acme");
         let yaml = dir.join("sites.yaml");
-        std::fs::write(&yaml, "- id: blog\n  webhook_secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
+        std::fs::write(
+            &yaml,
+            "- id: blog\n  webhook_secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n",
+        )
+        .unwrap();
         assert_eq!(load_sites_file(&yaml).unwrap()[0].id.as_str(), "blog");
         let bad = dir.join("bad.json");
         std::fs::write(&bad, r#"[{"id":"Bad","webhook_secret":"x"}]"#).unwrap();
         let err = format!("{:#}", load_sites_file(&bad).unwrap_err());
-        assert!(err.contains("site #0") && err.contains("invalid site id"), "{err}");
+        assert!(
+            err.contains("site #0") && err.contains("invalid site id"),
+            "{err}"
+        );
         let twice = dir.join("twice.json");
         let one = String::from_utf8(site_json("acme", true)).unwrap();
         std::fs::write(&twice, format!("[{one},{one}]")).unwrap();

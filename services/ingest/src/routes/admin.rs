@@ -17,12 +17,17 @@ use crate::error::IngestError;
 pub const MAX_SITE_BODY: usize = 1024 * 1024;
 
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), IngestError> {
-    let expected = state.admin_token.as_ref().ok_or(IngestError::AdminDisabled)?;
+    let expected = state
+        .admin_token
+        .as_ref()
+        .ok_or(IngestError::AdminDisabled)?;
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| IngestError::Unauthorized("missing Authorization: Bearer <admin token>".into()))?;
+        .ok_or_else(|| {
+            IngestError::Unauthorized("missing Authorization: Bearer <admin token>".into())
+        })?;
     if bool::from(given.trim().as_bytes().ct_eq(expected.expose().as_bytes())) {
         Ok(())
     } else {
@@ -34,9 +39,18 @@ fn parse_id(site: String) -> Result<SiteId, IngestError> {
     SiteId::parse(site).map_err(IngestError::InvalidSiteId)
 }
 
-pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, IngestError> {
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, IngestError> {
     authorize(&state, &headers)?;
-    let sites: Vec<Site> = state.platform.registry.list().iter().map(|s| s.redacted()).collect();
+    let sites: Vec<Site> = state
+        .platform
+        .registry
+        .list()
+        .iter()
+        .map(|s| s.redacted())
+        .collect();
     Ok(Json(json!({ "sites": sites })).into_response())
 }
 
@@ -91,13 +105,18 @@ pub async fn put(
             "a secret holds the redaction mark {REDACTED_MARK:?}: send the real secrets, not the values GET shows"
         )));
     }
-    site.validate().map_err(|e| IngestError::InvalidBody(e.to_string()))?;
+    site.validate()
+        .map_err(|e| IngestError::InvalidBody(e.to_string()))?;
     let created = state
         .platform
         .registry
         .store(state.platform.sites_bucket(), &site)
         .await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(site.redacted())).into_response())
 }
 

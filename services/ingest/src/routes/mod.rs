@@ -44,7 +44,10 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route(WEBHOOKS, post(webhooks::receive))
         .route(ADMIN_SITES, get(admin::list))
-        .route(ADMIN_SITE, get(admin::get).put(admin::put).delete(admin::delete))
+        .route(
+            ADMIN_SITE,
+            get(admin::get).put(admin::put).delete(admin::delete),
+        )
         .with_state(state);
     spool_platform::http::finish_router(api, readiness)
 }
@@ -57,13 +60,22 @@ fn require_json(headers: &HeaderMap) -> Result<(), IngestError> {
         .and_then(|v| v.split(';').next())
         .map(|v| v.trim().to_ascii_lowercase());
     match essence.as_deref() {
-        Some(t) if t == "application/json" || (t.starts_with("application/") && t.ends_with("+json")) => Ok(()),
+        Some(t)
+            if t == "application/json"
+                || (t.starts_with("application/") && t.ends_with("+json")) =>
+        {
+            Ok(())
+        }
         _ => Err(IngestError::NotJson),
     }
 }
 
 /// Reads a body of at most `limit` bytes; a declared or actual larger one is a 413.
-async fn read_body(headers: &HeaderMap, body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, IngestError> {
+async fn read_body(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<bytes::Bytes, IngestError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

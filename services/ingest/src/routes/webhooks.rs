@@ -30,7 +30,11 @@ pub async fn receive(
     let started = Instant::now();
     let (outcome, response) = match handle(&state, site, &headers, body).await {
         Ok((status, answer)) => {
-            let outcome = if answer["duplicate"] == true { "duplicate" } else { "accepted" };
+            let outcome = if answer["duplicate"] == true {
+                "duplicate"
+            } else {
+                "accepted"
+            };
             (outcome, (status, Json(answer)).into_response())
         }
         Err(e) => (e.outcome(), e.into_response()),
@@ -58,8 +62,12 @@ async fn handle(
     let body = read_body(headers, body, MAX_BODY).await?;
 
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let key = SigningKey::from_secret(&site.webhook_secret)
-        .map_err(|e| IngestError::Unavailable(format!("site {} has an unusable webhook_secret: {e}", site.id)))?;
+    let key = SigningKey::from_secret(&site.webhook_secret).map_err(|e| {
+        IngestError::Unavailable(format!(
+            "site {} has an unusable webhook_secret: {e}",
+            site.id
+        ))
+    })?;
     let now = OffsetDateTime::now_utc();
     let tolerance = i64::try_from(state.webhook_tolerance.as_secs()).unwrap_or(i64::MAX);
     key.verify(
@@ -74,23 +82,38 @@ async fn handle(
     // Verified, so the id header is present and well-formed.
     let webhook_id = header(ID_HEADER).unwrap_or_default().to_owned();
 
-    let payload = WebhookPayload::parse(&body).map_err(|e| IngestError::InvalidBody(e.to_string()))?;
-    let received_at = now.replace_nanosecond(now.millisecond() as u32 * 1_000_000).unwrap_or(now);
+    let payload =
+        WebhookPayload::parse(&body).map_err(|e| IngestError::InvalidBody(e.to_string()))?;
+    let received_at = now
+        .replace_nanosecond(now.millisecond() as u32 * 1_000_000)
+        .unwrap_or(now);
     let event = mapping::to_event(&site, &webhook_id, payload, received_at);
     let trace: Vec<(&'static str, String)> = TRACE_HEADERS
         .iter()
         .filter_map(|name| header(name).map(|v| (*name, v.to_owned())))
         .collect();
 
-    let published = state.publisher.publish(&event, &trace).await.map_err(|e| match e {
-        PublishError::Nats(ref inner)
-            if inner.kind() == async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded =>
-        {
-            IngestError::TooLarge { limit: MAX_BODY }
-        }
-        other => IngestError::Unavailable(other.to_string()),
-    })?;
-    let status = if published.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let published = state
+        .publisher
+        .publish(&event, &trace)
+        .await
+        .map_err(|e| match e {
+            PublishError::Nats(ref inner)
+                if inner.kind()
+                    == async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded =>
+            {
+                IngestError::TooLarge { limit: MAX_BODY }
+            }
+            other => IngestError::Unavailable(other.to_string()),
+        })?;
+    let status = if published.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
     tracing::debug!(site = %event.site, id = %webhook_id, seq = published.seq, duplicate = published.duplicate, "webhook stored");
-    Ok((status, json!({ "id": webhook_id, "seq": published.seq, "duplicate": published.duplicate })))
+    Ok((
+        status,
+        json!({ "id": webhook_id, "seq": published.seq, "duplicate": published.duplicate }),
+    ))
 }
