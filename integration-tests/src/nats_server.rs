@@ -25,7 +25,7 @@ pub fn binary() -> PathBuf {
 enum Backend {
     Process(Option<Child>),
     #[cfg(feature = "testcontainers")]
-    Container(crate::container::NatsContainer),
+    Container(Box<crate::container::NatsContainer>),
 }
 
 pub struct NatsServer {
@@ -45,7 +45,7 @@ impl NatsServer {
         let log = store.path().join("nats.log");
         #[cfg(feature = "testcontainers")]
         if std::env::var("SPOOL_TEST_NATS").as_deref() == Ok("docker") {
-            let container = crate::container::NatsContainer::start().await;
+            let container = Box::new(crate::container::NatsContainer::start().await);
             let port = container.port();
             return NatsServer {
                 backend: Backend::Container(container),

@@ -2,6 +2,8 @@
 //! `--log-format json` writes one JSON object per line for log collectors.
 //! (The OpenTelemetry exporter is wired here too when it is configured; see issue #5.)
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter};
@@ -22,7 +24,9 @@ pub fn init(log_format: &str, default_filter: &str) {
             )
             .try_init()
     } else {
-        registry.with(fmt::layer()).try_init()
+        registry
+            .with(fmt::layer().with_ansi(std::io::stdout().is_terminal()))
+            .try_init()
     };
     // Already initialised: keep the existing subscriber.
     drop(result);
