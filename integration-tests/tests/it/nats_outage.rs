@@ -129,3 +129,63 @@ async fn a_nats_restart_in_the_middle_of_a_stream_of_webhooks_loses_nothing_acke
         );
     }
 }
+
+#[tokio::test]
+async fn a_service_started_before_nats_becomes_ready_when_nats_arrives() {
+    let mut nats = NatsServer::start().await;
+    nats.stop().await;
+    let mut config = ingest_config(&nats.url());
+    let dir = tempfile::tempdir().unwrap();
+    let sites = dir.path().join("sites.json");
+    std::fs::write(
+        &sites,
+        serde_json::to_vec(&vec![site_json("acme")]).unwrap(),
+    )
+    .unwrap();
+    config.common.sites_file = Some(sites);
+    let ingest = TestIngest::start_unready(config).await;
+
+    let r = ingest.http.get(ingest.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body["missing"],
+        serde_json::json!([
+            "nats_disconnected",
+            "streams_not_provisioned",
+            "registry_not_loaded"
+        ])
+    );
+    // Not knowing the registry yet, it can't say "unknown site": it says "come back".
+    let hook = Webhook::published("msg_early", "blog", "1");
+    let r = hook
+        .request(&ingest.http, &ingest.base_url, "acme")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+
+    nats.restart().await;
+    ingest.wait_ready().await;
+    let (status, _) = send_until_stored(&ingest, &hook).await;
+    assert_eq!(status, 202);
+}
+
+#[tokio::test]
+async fn the_site_registry_keeps_following_the_bucket_across_a_nats_restart() {
+    let mut nats = NatsServer::start().await;
+    let a = TestIngest::start(ingest_config(&nats.url())).await;
+    let b = TestIngest::start(ingest_config(&nats.url())).await;
+    nats.restart().await;
+    a.wait_ready().await;
+    b.wait_ready().await;
+    a.put_site(&site_json("late")).await;
+    let hook = Webhook::published("msg_late", "blog", "1");
+    eventually(
+        "instance b to see a site added after the restart",
+        Duration::from_secs(15),
+        || async { (hook.send(&b.http, &b.base_url, "late").await.0 == 202).then_some(()) },
+    )
+    .await;
+}

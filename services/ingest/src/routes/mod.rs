@@ -93,3 +93,70 @@ async fn read_body(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::HeaderValue;
+
+    fn with(name: header::HeaderName, value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn json_content_types() {
+        for ok in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/cloudevents+json",
+        ] {
+            assert!(
+                require_json(&with(header::CONTENT_TYPE, ok)).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "json",
+            "",
+        ] {
+            assert!(
+                matches!(
+                    require_json(&with(header::CONTENT_TYPE, bad)),
+                    Err(IngestError::NotJson)
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            require_json(&HeaderMap::new()),
+            Err(IngestError::NotJson)
+        ));
+    }
+
+    #[tokio::test]
+    async fn bodies_are_limited_by_declared_and_actual_size() {
+        let ok = read_body(&HeaderMap::new(), Body::from("12345"), 5)
+            .await
+            .unwrap();
+        assert_eq!(&ok[..], b"12345");
+        // Declared too large: refused before reading.
+        let declared = with(header::CONTENT_LENGTH, "6");
+        assert!(matches!(
+            read_body(&declared, Body::from("1"), 5).await,
+            Err(IngestError::TooLarge { limit: 5 })
+        ));
+        // Streamed without a length and too large.
+        let chunks = futures::stream::iter(["123", "456"].map(Ok::<_, std::io::Error>));
+        let streamed = Body::from_stream(chunks);
+        assert!(matches!(
+            read_body(&HeaderMap::new(), streamed, 5).await,
+            Err(IngestError::TooLarge { limit: 5 })
+        ));
+    }
+}
