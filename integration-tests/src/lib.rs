@@ -115,3 +115,21 @@ pub fn service_binary(name: &str) -> std::path::PathBuf {
     );
     path
 }
+
+/// Sends a request and returns its status code.
+pub async fn status(request: reqwest::RequestBuilder) -> u16 {
+    request
+        .send()
+        .await
+        .expect("HTTP request")
+        .status()
+        .as_u16()
+}
+
+/// Writes a sites file (JSON array) into `dir` and returns its path.
+pub fn write_sites_file(dir: &std::path::Path, sites: &[serde_json::Value]) -> std::path::PathBuf {
+    let path = dir.join("sites.json");
+    std::fs::write(&path, serde_json::to_vec(sites).expect("sites JSON"))
+        .expect("write sites file");
+    path
+}

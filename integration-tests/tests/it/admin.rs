@@ -6,7 +6,7 @@ use reqwest::Method;
 use spool_integration_tests::nats_server::NatsServer;
 use spool_integration_tests::services::{ingest_config, TestIngest};
 use spool_integration_tests::webhook::Webhook;
-use spool_integration_tests::{eventually, site_json, ADMIN_TOKEN, TEST_SECRET};
+use spool_integration_tests::{eventually, site_json, status, ADMIN_TOKEN, TEST_SECRET};
 
 #[tokio::test]
 async fn a_site_added_through_the_admin_api_is_accepted_by_every_instance_without_restart() {
@@ -41,25 +41,22 @@ async fn a_site_added_through_the_admin_api_is_accepted_by_every_instance_withou
     .await;
 
     // Replacing answers 200; deleting removes it everywhere.
-    let r = a
-        .admin(Method::PUT, "/v1/admin/sites/newsite")
-        .json(&site_json("newsite"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = a
-        .admin(Method::DELETE, "/v1/admin/sites/newsite")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-    let r = a
-        .admin(Method::DELETE, "/v1/admin/sites/newsite")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(
+        status(
+            a.admin(Method::PUT, "/v1/admin/sites/newsite")
+                .json(&site_json("newsite"))
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        status(a.admin(Method::DELETE, "/v1/admin/sites/newsite")).await,
+        204
+    );
+    assert_eq!(
+        status(a.admin(Method::DELETE, "/v1/admin/sites/newsite")).await,
+        404
+    );
     let hook3 = Webhook::published("msg_new3", "blog", "3");
     eventually(
         "instance b to forget the site",
@@ -156,36 +153,30 @@ async fn admin_reads_are_redacted_and_writes_are_checked() {
         let text = body["error"]["message"].as_str().unwrap();
         assert!(text.contains(want), "{name}: {text}");
     }
-    let r = ingest
-        .admin(Method::PUT, "/v1/admin/sites/acme")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 415);
-    let r = ingest
-        .admin(Method::GET, "/v1/admin/sites/nobody")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(
+        status(ingest.admin(Method::PUT, "/v1/admin/sites/acme").body("{}")).await,
+        415
+    );
+    assert_eq!(
+        status(ingest.admin(Method::GET, "/v1/admin/sites/nobody")).await,
+        404
+    );
 
     // Auth: no token, a wrong token.
-    let r = ingest
-        .http
-        .get(ingest.url("/v1/admin/sites"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let r = ingest
-        .http
-        .get(ingest.url("/v1/admin/sites"))
-        .bearer_auth(format!("{ADMIN_TOKEN}x"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(
+        status(ingest.http.get(ingest.url("/v1/admin/sites"))).await,
+        401
+    );
+    assert_eq!(
+        status(
+            ingest
+                .http
+                .get(ingest.url("/v1/admin/sites"))
+                .bearer_auth(format!("{ADMIN_TOKEN}x"))
+        )
+        .await,
+        401
+    );
     // The stored site still works after all the refused writes.
     assert_eq!(
         Webhook::published("m", "blog", "1")

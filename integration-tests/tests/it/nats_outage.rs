@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use spool_integration_tests::nats_server::NatsServer;
 use spool_integration_tests::services::{ingest_config, TestIngest};
 use spool_integration_tests::webhook::Webhook;
-use spool_integration_tests::{eventually, read_events, site_json};
+use spool_integration_tests::{eventually, read_events, site_json, status, write_sites_file};
 
 /// Sends one webhook until it is answered 2xx, as a CMS with retries would (same id).
 async fn send_until_stored(ingest: &TestIngest, hook: &Webhook) -> (u16, u64) {
@@ -60,8 +60,7 @@ async fn nats_down_answers_503_with_retry_after_and_recovers_without_a_restart()
         "503 took {:?}",
         started.elapsed()
     );
-    let r = ingest.http.get(ingest.url("/readyz")).send().await.unwrap();
-    assert_eq!(r.status(), 503);
+    assert_eq!(status(ingest.http.get(ingest.url("/readyz"))).await, 503);
     // Liveness does not depend on NATS.
     assert_eq!(
         ingest
@@ -136,12 +135,7 @@ async fn a_service_started_before_nats_becomes_ready_when_nats_arrives() {
     nats.stop().await;
     let mut config = ingest_config(&nats.url());
     let dir = tempfile::tempdir().unwrap();
-    let sites = dir.path().join("sites.json");
-    std::fs::write(
-        &sites,
-        serde_json::to_vec(&vec![site_json("acme")]).unwrap(),
-    )
-    .unwrap();
+    let sites = write_sites_file(dir.path(), &[site_json("acme")]);
     config.common.sites_file = Some(sites);
     let ingest = TestIngest::start_unready(config).await;
 

@@ -7,18 +7,13 @@ use std::time::{Duration, Instant};
 
 use spool_integration_tests::nats_server::NatsServer;
 use spool_integration_tests::webhook::Webhook;
-use spool_integration_tests::{read_events, service_binary, site_json};
+use spool_integration_tests::{read_events, service_binary, site_json, write_sites_file};
 
 #[tokio::test]
 async fn sigterm_finishes_in_flight_webhooks_and_exits_zero() {
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let sites = dir.path().join("sites.json");
-    std::fs::write(
-        &sites,
-        serde_json::to_vec(&vec![site_json("acme")]).unwrap(),
-    )
-    .unwrap();
+    let sites = write_sites_file(dir.path(), &[site_json("acme")]);
 
     let mut child = Command::new(service_binary("spool-ingest"))
         .env("NATS_URL", nats.url())

@@ -3,7 +3,7 @@
 use spool_integration_tests::nats_server::NatsServer;
 use spool_integration_tests::services::{ingest_config, TestIngest};
 use spool_integration_tests::webhook::Webhook;
-use spool_integration_tests::{read_events, site_json};
+use spool_integration_tests::{read_events, site_json, status};
 
 async fn setup() -> (NatsServer, TestIngest) {
     let nats = NatsServer::start().await;
@@ -225,15 +225,8 @@ async fn every_bad_request_gets_a_clear_error_and_stores_nothing() {
 #[tokio::test]
 async fn health_ready_and_metrics() {
     let (_nats, ingest) = setup().await;
-    let r = ingest
-        .http
-        .get(ingest.url("/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = ingest.http.get(ingest.url("/readyz")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(status(ingest.http.get(ingest.url("/healthz"))).await, 200);
+    assert_eq!(status(ingest.http.get(ingest.url("/readyz"))).await, 200);
     assert_eq!(
         Webhook::published("m", "blog", "1")
             .send(&ingest.http, &ingest.base_url, "acme")
@@ -258,18 +251,12 @@ async fn health_ready_and_metrics() {
         text.contains("spool_ingest_publish_duration_seconds_bucket"),
         "{text}"
     );
-    let r = ingest
-        .http
-        .get(ingest.url("/v1/nothing"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    let r = ingest
-        .http
-        .get(ingest.url("/v1/sites/acme/webhooks"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 405);
+    assert_eq!(
+        status(ingest.http.get(ingest.url("/v1/nothing"))).await,
+        404
+    );
+    assert_eq!(
+        status(ingest.http.get(ingest.url("/v1/sites/acme/webhooks"))).await,
+        405
+    );
 }
