@@ -3,13 +3,19 @@
 
 use std::net::SocketAddr;
 
+use axum::http::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
 
 use crate::health::Readiness;
 
@@ -94,16 +100,77 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Serves `router` until `shutdown` is cancelled, then lets in-flight requests finish.
-/// Long-lived responses (SSE, long-poll) must end on the same token or this waits for them.
+/// Closes the connection a request came on, at once (no graceful end): how a server drops
+/// an SSE client that stopped reading. Every request carries one as an extension.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionClose(CancellationToken);
+
+impl ConnectionClose {
+    pub fn close(&self) {
+        self.0.cancel();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.0.is_cancelled()
+    }
+}
+
+/// Serves `router` until `shutdown` is cancelled: then stops accepting, lets each
+/// connection finish its in-flight response (SSE and long-poll responses end on the same
+/// token) and returns when all are closed. Bound the wait with a timeout of your own.
+///
+/// The accept loop is ours rather than `axum::serve` so that a handler can drop its own
+/// connection ([`ConnectionClose`]), which a client that stopped reading needs.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let close = ConnectionClose::default();
+        let for_requests = close.clone();
+        let service = router
+            .clone()
+            .map_request(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(for_requests.clone());
+                request
+            });
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = close.0.cancelled() => {}
+                _ = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        _ = connection.as_mut() => {}
+                        _ = close.0.cancelled() => {}
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+    Ok(())
 }
 
 /// Adds the JSON 404/405 answers and the operational routes to a service's router.
