@@ -1,15 +1,19 @@
 //! What `/readyz` reports: NATS connected, streams and bucket provisioned, registry loaded.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use async_nats::connection::State;
+
+type Check = Box<dyn Fn() -> bool + Send + Sync>;
 
 #[derive(Clone)]
 pub struct Readiness {
     client: async_nats::Client,
     provisioned: Arc<AtomicBool>,
     registry_synced: Arc<AtomicBool>,
+    /// A service's own conditions: (what is missing when false, the check).
+    extra: Arc<RwLock<Vec<(&'static str, Check)>>>,
 }
 
 impl Readiness {
@@ -18,7 +22,18 @@ impl Readiness {
             client,
             provisioned: Arc::default(),
             registry_synced: Arc::default(),
+            extra: Arc::default(),
         }
+    }
+
+    /// Adds a condition of the service's own; `missing` names it in `/readyz` while false.
+    pub fn add_check(
+        &self,
+        missing: &'static str,
+        check: impl Fn() -> bool + Send + Sync + 'static,
+    ) {
+        let mut extra = self.extra.write().unwrap_or_else(PoisonError::into_inner);
+        extra.push((missing, Box::new(check)));
     }
 
     pub fn set_provisioned(&self) {
@@ -50,6 +65,13 @@ impl Readiness {
         if !self.registry_synced.load(Ordering::Acquire) {
             missing.push("registry_not_loaded");
         }
+        let extra = self.extra.read().unwrap_or_else(PoisonError::into_inner);
+        missing.extend(
+            extra
+                .iter()
+                .filter(|(_, check)| !check())
+                .map(|(name, _)| *name),
+        );
         if missing.is_empty() {
             Ok(())
         } else {

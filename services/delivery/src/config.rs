@@ -1,0 +1,59 @@
+//! `spool-delivery` configuration: the shared settings plus the delivery's own.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use spool_platform::config::CommonConfig;
+
+/// Serves each site's events as Server-Sent Events and long-poll.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "spool-delivery", version)]
+pub struct DeliveryConfig {
+    #[command(flatten)]
+    pub common: CommonConfig,
+
+    /// Address to listen on.
+    #[arg(long, env = "SPOOL_LISTEN", default_value = "0.0.0.0:8081")]
+    pub listen: SocketAddr,
+
+    /// Recent events kept in memory (all sites) to serve resumes without JetStream.
+    #[arg(long, env = "SPOOL_REPLAY_WINDOW", default_value_t = 10_000)]
+    pub replay_window: usize,
+
+    /// Most bytes of events the replay window holds (the oldest go first).
+    #[arg(long, env = "SPOOL_REPLAY_WINDOW_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub replay_window_bytes: usize,
+
+    /// Interval of the SSE heartbeat comment.
+    #[arg(long, env = "SPOOL_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+
+    /// The `retry:` hint sent to browsers (how long they wait before reconnecting).
+    #[arg(long, env = "SPOOL_SSE_RETRY", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub sse_retry: Duration,
+
+    /// Frames queued per SSE client before it counts as not keeping up.
+    #[arg(long, env = "SPOOL_CLIENT_BUFFER", default_value_t = 64)]
+    pub client_buffer: usize,
+
+    /// How long a full client queue may stay full before the client is disconnected.
+    #[arg(long, env = "SPOOL_SLOW_CLIENT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub slow_client_timeout: Duration,
+}
+
+impl DeliveryConfig {
+    /// Defaults, with the given shared settings and listen address (port 0 in tests).
+    pub fn new(common: CommonConfig, listen: SocketAddr) -> DeliveryConfig {
+        DeliveryConfig {
+            common,
+            listen,
+            replay_window: 10_000,
+            replay_window_bytes: 64 * 1024 * 1024,
+            heartbeat: Duration::from_secs(15),
+            sse_retry: Duration::from_secs(3),
+            client_buffer: 64,
+            slow_client_timeout: Duration::from_secs(10),
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Every way a read can be refused, and the one place each becomes an HTTP answer.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use spool_platform::http::ApiError;
+
+/// Seconds a poller should wait before retrying after a 503.
+pub const RETRY_AFTER_SECS: u64 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("{0}")]
+    InvalidSiteId(spool_proto::InvalidName),
+    #[error("unknown site {0:?}")]
+    UnknownSite(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    BadParameter(String),
+    #[error("origin {0:?} is not in the site's cors_origins")]
+    OriginNotAllowed(String),
+    /// Retrying will help: NATS unreachable, the registry or the feed still loading,
+    /// shutting down.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl DeliveryError {
+    /// Will the same request succeed later? (SSE answers those 200 + `retry:`, because a
+    /// browser's EventSource gives up for good on any other status.)
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DeliveryError::Unavailable(_))
+    }
+}
+
+impl IntoResponse for DeliveryError {
+    fn into_response(self) -> Response {
+        let message = self.to_string();
+        let error = match self {
+            DeliveryError::InvalidSiteId(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_site_id", message)
+            }
+            DeliveryError::BadParameter(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", message)
+            }
+            DeliveryError::UnknownSite(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_site", message)
+            }
+            DeliveryError::Unauthorized(_) => ApiError::unauthorized(message),
+            DeliveryError::OriginNotAllowed(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "origin_not_allowed", message)
+            }
+            DeliveryError::Unavailable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+                    .with_retry_after(RETRY_AFTER_SECS)
+            }
+        };
+        error.into_response()
+    }
+}

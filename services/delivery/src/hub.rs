@@ -1,0 +1,245 @@
+//! The process's one live feed from JetStream, fanned out in memory: an ordered consumer on
+//! `SPOOL_EVENTS` feeds the recent-events [`Window`] and a broadcast channel per site.
+//! Browsers never get a JetStream consumer of their own.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use spool_proto::names::{EVENTS_STREAM, EVENTS_SUBJECTS};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::frames::FeedEvent;
+use crate::window::{Filter, Window};
+
+pub struct Hub {
+    state: Mutex<State>,
+    ready: AtomicBool,
+    window_capacity: usize,
+    window_bytes: usize,
+    channel_capacity: usize,
+}
+
+struct State {
+    window: Window,
+    /// The last stream sequence the feed has seen (events it could not decode included).
+    last_seq: u64,
+    sites: HashMap<String, broadcast::Sender<Arc<FeedEvent>>>,
+}
+
+/// A live subscription: every event of the site published after `last_seq` arrives on
+/// `events` (unless the receiver lags, which it reports).
+pub struct Subscription {
+    pub events: broadcast::Receiver<Arc<FeedEvent>>,
+    pub last_seq: u64,
+}
+
+impl Hub {
+    /// `window_capacity` recent events (at most `window_bytes`) are kept for resumes; each
+    /// site's channel buffers `channel_capacity` events for its slowest reader before that
+    /// reader lags.
+    pub fn new(window_capacity: usize, window_bytes: usize, channel_capacity: usize) -> Hub {
+        Hub {
+            state: Mutex::new(State {
+                window: Window::new(window_capacity, window_bytes, 0),
+                last_seq: 0,
+                sites: HashMap::new(),
+            }),
+            ready: AtomicBool::new(false),
+            window_capacity,
+            window_bytes,
+            channel_capacity: channel_capacity.max(1),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The feed is live: it started after `last_seq`.
+    fn start(&self, last_seq: u64) {
+        let mut state = self.state();
+        state.window = Window::new(self.window_capacity, self.window_bytes, last_seq);
+        state.last_seq = last_seq;
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.state().last_seq
+    }
+
+    fn publish(&self, seq: u64, event: Option<Arc<FeedEvent>>) {
+        let mut state = self.state();
+        state.last_seq = seq;
+        let Some(event) = event else { return };
+        state.window.push(event.clone());
+        if let Some(tx) = state.sites.get(&event.site) {
+            if tx.send(event.clone()).is_err() {
+                // Nobody listens to this site any more.
+                state.sites.remove(&event.site);
+            }
+        }
+    }
+
+    /// Subscribes to a site's live events. Taken under the same lock as publishing, so
+    /// `last_seq` is exactly the point after which the subscription sees everything.
+    pub fn subscribe(&self, site: &str) -> Subscription {
+        let mut state = self.state();
+        let last_seq = state.last_seq;
+        let capacity = self.channel_capacity;
+        let tx = state
+            .sites
+            .entry(site.to_owned())
+            .or_insert_with(|| broadcast::channel(capacity).0);
+        Subscription {
+            events: tx.subscribe(),
+            last_seq,
+        }
+    }
+
+    /// Up to `limit` events after `cursor` from the window, or `None` when the window no
+    /// longer (or not yet) holds everything after it.
+    pub fn recent(
+        &self,
+        cursor: u64,
+        filter: &Filter,
+        limit: usize,
+    ) -> Option<Vec<Arc<FeedEvent>>> {
+        let state = self.state();
+        (self.is_ready() && state.window.covers(cursor) && cursor <= state.last_seq)
+            .then(|| state.window.after(cursor, filter, limit))
+    }
+}
+
+/// Follows `SPOOL_EVENTS` from its current end for as long as `shutdown` allows,
+/// re-creating the consumer after the last sequence seen whenever it fails.
+pub async fn run_feed(js: jetstream::Context, hub: Arc<Hub>, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let result = tokio::select! {
+            r = follow(&js, &hub) => r,
+            _ = shutdown.cancelled() => return,
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "event feed interrupted");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn follow(js: &jetstream::Context, hub: &Hub) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let mut stream = js
+        .get_stream(EVENTS_STREAM)
+        .await
+        .context("opening SPOOL_EVENTS")?;
+    if !hub.is_ready() {
+        let last = stream
+            .info()
+            .await
+            .context("SPOOL_EVENTS info")?
+            .state
+            .last_sequence;
+        hub.start(last);
+        tracing::info!(last_seq = last, "event feed started");
+    }
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: EVENTS_SUBJECTS.into(),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: hub.last_seq() + 1,
+            },
+            ..Default::default()
+        })
+        .await
+        .context("creating the feed consumer")?;
+    let mut messages = consumer.messages().await.context("reading the feed")?;
+    while let Some(message) = messages.next().await {
+        let message = message.context("feed message")?;
+        let seq = message
+            .info()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .stream_sequence;
+        if seq <= hub.last_seq() {
+            continue;
+        }
+        let event = match FeedEvent::from_stored(seq, &message.payload) {
+            Ok(event) => Some(Arc::new(event)),
+            Err(e) => {
+                tracing::error!(seq, error = %e, "undecodable event in SPOOL_EVENTS; skipped");
+                None
+            }
+        };
+        hub.publish(seq, event);
+        metrics::counter!("spool_delivery_feed_events_total").increment(1);
+    }
+    anyhow::bail!("the feed consumer ended")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, site: &str) -> Arc<FeedEvent> {
+        let stored = serde_json::json!({
+            "id": format!("m{seq}"), "site": site, "type": "content.updated", "collection": "blog",
+            "item": {"id": "1"}, "paths": [], "tags": [],
+            "occurred_at": "2026-11-25T10:00:00Z", "received_at": "2026-11-25T10:00:00Z"
+        });
+        Arc::new(FeedEvent::from_stored(seq, stored.to_string().as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn a_subscription_sees_exactly_what_follows_its_last_seq() {
+        let hub = Hub::new(100, usize::MAX, 16);
+        hub.start(10);
+        hub.publish(11, Some(event(11, "a")));
+        let mut sub = hub.subscribe("a");
+        assert_eq!(sub.last_seq, 11);
+        hub.publish(12, Some(event(12, "b")));
+        hub.publish(13, None);
+        hub.publish(14, Some(event(14, "a")));
+        assert_eq!(sub.events.try_recv().unwrap().seq, 14);
+        assert!(sub.events.try_recv().is_err());
+        assert_eq!(hub.last_seq(), 14);
+        let a = Filter {
+            site: "a".into(),
+            collections: None,
+        };
+        let recent: Vec<u64> = hub
+            .recent(10, &a, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(recent, [11, 14]);
+        assert!(hub.recent(9, &a, 10).is_none(), "before the feed started");
+        assert!(hub.recent(15, &a, 10).is_none(), "ahead of the feed");
+    }
+
+    #[test]
+    fn a_slow_reader_lags_instead_of_growing_the_buffer() {
+        let hub = Hub::new(100, usize::MAX, 4);
+        hub.start(0);
+        let mut sub = hub.subscribe("a");
+        for seq in 1..=10 {
+            hub.publish(seq, Some(event(seq, "a")));
+        }
+        assert!(matches!(
+            sub.events.try_recv(),
+            Err(broadcast::error::TryRecvError::Lagged(6))
+        ));
+    }
+}

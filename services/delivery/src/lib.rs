@@ -1,0 +1,107 @@
+//! `spool-delivery`: each site's events as Server-Sent Events and as a poll/long-poll
+//! fallback, resumable from any stream sequence on any replica.
+//!
+//! One ordered JetStream consumer per process (the feed, [`hub`]) fills a window of recent
+//! events and a broadcast channel per site; clients resume from the window, or from
+//! JetStream when their cursor is older ([`history`]), then follow the live channel with no
+//! gap and no duplicate ([`catchup`]).
+#![forbid(unsafe_code)]
+
+pub mod catchup;
+pub mod config;
+pub mod error;
+pub mod frames;
+pub mod history;
+pub mod hub;
+pub mod routes;
+pub mod window;
+
+use std::sync::Arc;
+
+use spool_platform::http;
+use spool_platform::shutdown::CancellationToken;
+use spool_platform::Platform;
+use tokio::net::TcpListener;
+
+pub use config::DeliveryConfig;
+
+/// Events buffered per site for its slowest live reader before that reader must catch up
+/// from the window instead.
+const SITE_CHANNEL_CAPACITY: usize = 1024;
+
+/// A built delivery service: listening, but not serving until [`Application::run`].
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    platform: Platform,
+    port: u16,
+}
+
+impl Application {
+    /// Binds the listener (port 0 picks a free one), connects to NATS in the background and
+    /// starts the feed. Fails only on a bad sites file or an unusable listen address.
+    pub async fn build(
+        config: DeliveryConfig,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Application> {
+        use anyhow::Context as _;
+        let listener = http::bind(config.listen)
+            .with_context(|| format!("binding SPOOL_LISTEN {}", config.listen))?;
+        let port = listener.local_addr()?.port();
+        let platform =
+            Platform::start(config.common.clone(), "spool-delivery", shutdown.clone()).await?;
+        let hub = Arc::new(hub::Hub::new(
+            config.replay_window,
+            config.replay_window_bytes,
+            SITE_CHANNEL_CAPACITY,
+        ));
+        let ready_hub = hub.clone();
+        platform
+            .readiness
+            .add_check("feed_not_started", move || ready_hub.is_ready());
+        tokio::spawn(hub::run_feed(
+            platform.jetstream.clone(),
+            hub.clone(),
+            shutdown,
+        ));
+        let state = routes::AppState {
+            history: history::History::new(platform.jetstream.clone()),
+            hub,
+            settings: Arc::new(routes::StreamSettings {
+                heartbeat: config.heartbeat,
+                retry: config.sse_retry,
+                client_buffer: config.client_buffer,
+                slow_client_timeout: config.slow_client_timeout,
+            }),
+            platform: platform.clone(),
+        };
+        Ok(Application {
+            listener,
+            router: routes::router(state),
+            platform,
+            port,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until the shutdown token is cancelled; then open streams end at once (clients
+    /// resume elsewhere with their last id), long-polls answer what they have, and the
+    /// process returns within the grace period.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let shutdown = self.platform.shutdown.clone();
+        let grace = self.platform.config.shutdown_grace;
+        let server = http::serve(self.listener, self.router, shutdown.clone());
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => result?,
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(?grace, "connections still open after the grace period; exiting");
+            }
+        }
+        tracing::info!("spool-delivery stopped");
+        Ok(())
+    }
+}

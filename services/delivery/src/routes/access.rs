@@ -1,0 +1,99 @@
+//! Who may read a site: the site must exist, the caller must hold one of its read tokens
+//! (header or `?token=`) unless it is public; browsers from its `cors_origins` may call.
+
+use std::sync::Arc;
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use spool_proto::{Site, SiteId};
+
+use super::AppState;
+use crate::error::DeliveryError;
+use crate::routes::params::Params;
+
+/// The site of a request, or why not.
+pub fn site(state: &AppState, site: String) -> Result<Arc<Site>, DeliveryError> {
+    let id = SiteId::parse(site).map_err(DeliveryError::InvalidSiteId)?;
+    let platform = &state.platform;
+    match platform.registry.get(id.as_str()) {
+        Some(site) => Ok(site),
+        None if !platform.readiness.registry_loaded() => Err(DeliveryError::Unavailable(
+            "the site registry is still loading".into(),
+        )),
+        None => Err(DeliveryError::UnknownSite(id.to_string())),
+    }
+}
+
+/// A read token from `Authorization: Bearer` or `?token=`, unless the site is public.
+pub fn authorize(site: &Site, headers: &HeaderMap, params: &Params) -> Result<(), DeliveryError> {
+    if site.public {
+        return Ok(());
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match bearer.or(params.token()) {
+        None => Err(DeliveryError::Unauthorized(
+            "a read token is required: Authorization: Bearer <token> or ?token=<token>",
+        )),
+        Some(token) if site.accepts_read_token(token) => Ok(()),
+        Some(_) => Err(DeliveryError::Unauthorized(
+            "this token can't read this site",
+        )),
+    }
+}
+
+/// The `Access-Control-Allow-Origin` value for this request, if its `Origin` is allowed.
+pub fn allowed_origin(site: &Site, headers: &HeaderMap) -> Option<HeaderValue> {
+    let origin = headers.get(header::ORIGIN)?;
+    let text = origin.to_str().ok()?;
+    site.cors_origins
+        .iter()
+        .any(|o| o == "*" || o == text)
+        .then(|| origin.clone())
+}
+
+/// Adds the CORS headers of an allowed origin to any answer (errors included, so a page
+/// can read why it was refused).
+pub fn with_cors(mut response: Response, origin: Option<HeaderValue>) -> Response {
+    let headers = response.headers_mut();
+    headers.append(header::VARY, HeaderValue::from_static("Origin"));
+    if let Some(origin) = origin {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    }
+    response
+}
+
+/// `OPTIONS`: the CORS preflight of a browser that sends `Authorization` or `Last-Event-ID`.
+pub async fn preflight(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::extract::Path(site_param): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let site = match site(&state, site_param) {
+        Ok(site) => site,
+        Err(e) => return e.into_response(),
+    };
+    let Some(origin) = allowed_origin(&site, &headers) else {
+        let origin = headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        return DeliveryError::OriginNotAllowed(origin.to_owned()).into_response();
+    };
+    let response = (
+        StatusCode::NO_CONTENT,
+        [
+            (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, OPTIONS"),
+            (
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                "Authorization, Last-Event-ID, Cache-Control",
+            ),
+            (header::ACCESS_CONTROL_MAX_AGE, "600"),
+        ],
+    )
+        .into_response();
+    with_cors(response, Some(origin))
+}

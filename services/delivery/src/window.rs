@@ -1,0 +1,177 @@
+//! The recent-events window of one process: every event the feed saw after a known point,
+//! oldest first, bounded in count and in bytes. Most resumes are served from here without
+//! asking JetStream. No I/O.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::frames::FeedEvent;
+
+/// Which events a client wants: one site, optionally some collections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub site: String,
+    /// `None` = every collection.
+    pub collections: Option<Vec<String>>,
+}
+
+impl Filter {
+    pub fn matches(&self, event: &FeedEvent) -> bool {
+        event.site == self.site
+            && self
+                .collections
+                .as_ref()
+                .is_none_or(|list| list.contains(&event.collection))
+    }
+}
+
+#[derive(Debug)]
+pub struct Window {
+    events: VecDeque<Arc<FeedEvent>>,
+    capacity: usize,
+    max_bytes: usize,
+    bytes: usize,
+    /// Every event with a greater sequence that the feed has seen is in the window.
+    complete_after: u64,
+}
+
+impl Window {
+    /// An empty window of at most `capacity` events and `max_bytes` of frames, for a feed
+    /// that starts after `last_seq`.
+    pub fn new(capacity: usize, max_bytes: usize, last_seq: u64) -> Window {
+        Window {
+            events: VecDeque::with_capacity(capacity.min(4096)),
+            capacity: capacity.max(1),
+            max_bytes,
+            bytes: 0,
+            complete_after: last_seq,
+        }
+    }
+
+    pub fn push(&mut self, event: Arc<FeedEvent>) {
+        self.bytes += event.size();
+        self.events.push_back(event);
+        while self.events.len() > self.capacity
+            || (self.bytes > self.max_bytes && self.events.len() > 1)
+        {
+            if let Some(old) = self.events.pop_front() {
+                self.bytes -= old.size();
+                self.complete_after = old.seq;
+            }
+        }
+    }
+
+    /// Can every event after `cursor` be served from here?
+    pub fn covers(&self, cursor: u64) -> bool {
+        cursor >= self.complete_after
+    }
+
+    /// The last sequence the feed has seen.
+    pub fn last_seq(&self) -> u64 {
+        self.events.back().map_or(self.complete_after, |e| e.seq)
+    }
+
+    /// Up to `limit` events after `cursor` that `filter` wants, oldest first. Only
+    /// meaningful when [`Window::covers`] the cursor.
+    pub fn after(&self, cursor: u64, filter: &Filter, limit: usize) -> Vec<Arc<FeedEvent>> {
+        let start = self.events.partition_point(|e| e.seq <= cursor);
+        self.events
+            .range(start..)
+            .filter(|e| filter.matches(e))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub fn event(seq: u64, site: &str, collection: &str) -> Arc<FeedEvent> {
+        let stored = serde_json::json!({
+            "id": format!("m{seq}"), "site": site, "type": "content.updated", "collection": collection,
+            "item": {"id": "1"}, "paths": [], "tags": [],
+            "occurred_at": "2026-11-25T10:00:00Z", "received_at": "2026-11-25T10:00:00Z"
+        });
+        Arc::new(FeedEvent::from_stored(seq, stored.to_string().as_bytes()).unwrap())
+    }
+
+    fn site(s: &str) -> Filter {
+        Filter {
+            site: s.into(),
+            collections: None,
+        }
+    }
+
+    #[test]
+    fn serves_after_a_cursor_filtered_and_limited() {
+        let mut w = Window::new(10, usize::MAX, 100);
+        for seq in 101..=106 {
+            w.push(event(
+                seq,
+                if seq % 2 == 0 { "a" } else { "b" },
+                if seq < 104 { "blog" } else { "pages" },
+            ));
+        }
+        let seqs = |v: Vec<Arc<FeedEvent>>| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(w.after(100, &site("a"), 10)), [102, 104, 106]);
+        assert_eq!(seqs(w.after(102, &site("a"), 10)), [104, 106]);
+        assert_eq!(seqs(w.after(100, &site("a"), 2)), [102, 104]);
+        let blog = Filter {
+            site: "b".into(),
+            collections: Some(vec!["blog".into()]),
+        };
+        assert_eq!(seqs(w.after(100, &blog, 10)), [101, 103]);
+        assert!(w.covers(100) && !w.covers(99));
+        assert_eq!(w.last_seq(), 106);
+    }
+
+    #[test]
+    fn eviction_moves_the_complete_point() {
+        let mut w = Window::new(3, usize::MAX, 0);
+        assert_eq!(w.last_seq(), 0);
+        for seq in 1..=5 {
+            w.push(event(seq, "a", "blog"));
+        }
+        assert!(w.covers(2) && !w.covers(1));
+        assert_eq!(w.after(2, &site("a"), 10).len(), 3);
+    }
+
+    #[test]
+    fn bytes_bound_the_window_too() {
+        let one = event(1, "a", "blog").size();
+        // Room for three events (with a few bytes of slack for longer ids).
+        let mut w = Window::new(100, one * 3 + 3, 0);
+        for seq in 1..=9 {
+            w.push(event(seq, "a", "blog"));
+        }
+        assert!(!w.covers(0));
+        assert!(w.covers(6) && !w.covers(5));
+        assert_eq!(w.after(6, &site("a"), 100).len(), 3);
+    }
+
+    proptest! {
+        /// Whatever the capacity and traffic, a covered cursor gets exactly the site's
+        /// events after it, in order.
+        #[test]
+        fn a_covered_cursor_gets_exactly_the_later_events(
+            capacity in 1usize..20, sites in proptest::collection::vec(0u8..3, 1..60), cursor in 0u64..70,
+        ) {
+            let mut w = Window::new(capacity, usize::MAX, 0);
+            for (i, s) in sites.iter().enumerate() {
+                w.push(event(i as u64 + 1, &format!("s{s}"), "blog"));
+            }
+            if w.covers(cursor) {
+                let got: Vec<u64> = w.after(cursor, &site("s0"), usize::MAX).iter().map(|e| e.seq).collect();
+                let want: Vec<u64> = sites.iter().enumerate()
+                    .map(|(i, s)| (i as u64 + 1, *s))
+                    .filter(|(seq, s)| *seq > cursor && *s == 0)
+                    .map(|(seq, _)| seq)
+                    .collect();
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
+}
