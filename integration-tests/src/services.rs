@@ -1,58 +1,95 @@
 //! The real services, in-process on port 0, each with its own shutdown token.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use spool_ingest::{Application, IngestConfig};
+use spool_delivery::DeliveryConfig;
+use spool_ingest::IngestConfig;
 use spool_platform::config::{CommonConfig, Secret};
 use spool_platform::shutdown::CancellationToken;
 use tokio::task::JoinHandle;
 
 use crate::{eventually, ADMIN_TOKEN};
 
-pub struct TestIngest {
+/// A running service: its base URL, a client, and a way to stop it.
+pub struct TestService {
     pub base_url: String,
     pub http: reqwest::Client,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
-/// The configuration tests start from: loopback port 0, the test admin token.
-pub fn ingest_config(nats_url: &str) -> IngestConfig {
+/// The old name, kept for the ingest tests.
+pub type TestIngest = TestService;
+
+/// The shared settings tests start from: the test admin token, a short grace period.
+pub fn common_config(nats_url: &str) -> CommonConfig {
     let mut common = CommonConfig::for_nats(nats_url);
     common.admin_token = Some(Secret::new(ADMIN_TOKEN));
     common.shutdown_grace = Duration::from_secs(5);
-    IngestConfig::new(common, SocketAddr::from(([127, 0, 0, 1], 0)))
+    common
 }
 
-impl TestIngest {
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// An ingest configuration on loopback port 0.
+pub fn ingest_config(nats_url: &str) -> IngestConfig {
+    IngestConfig::new(common_config(nats_url), loopback())
+}
+
+/// A delivery configuration on loopback port 0.
+pub fn delivery_config(nats_url: &str) -> DeliveryConfig {
+    DeliveryConfig::new(common_config(nats_url), loopback())
+}
+
+impl TestService {
     /// Starts an ingest and waits until `/readyz` says ready.
-    pub async fn start(config: IngestConfig) -> TestIngest {
-        let ingest = TestIngest::start_unready(config).await;
-        ingest.wait_ready().await;
-        ingest
+    pub async fn start(config: IngestConfig) -> TestService {
+        let service = TestService::start_unready(config).await;
+        service.wait_ready().await;
+        service
     }
 
     /// Starts an ingest without waiting for NATS.
-    pub async fn start_unready(config: IngestConfig) -> TestIngest {
-        spool_platform::telemetry::init("text", "error");
+    pub async fn start_unready(config: IngestConfig) -> TestService {
         let shutdown = CancellationToken::new();
-        let app = Application::build(config, shutdown.clone())
+        let app = spool_ingest::Application::build(config, shutdown.clone())
             .await
             .expect("ingest builds");
-        let base_url = format!("http://127.0.0.1:{}", app.port());
-        let handle = tokio::spawn(app.run());
-        TestIngest {
-            base_url,
+        TestService::spawn(app.port(), app.run(), shutdown)
+    }
+
+    /// Starts a delivery and waits until `/readyz` says ready (feed started).
+    pub async fn start_delivery(config: DeliveryConfig) -> TestService {
+        let shutdown = CancellationToken::new();
+        let app = spool_delivery::Application::build(config, shutdown.clone())
+            .await
+            .expect("delivery builds");
+        let service = TestService::spawn(app.port(), app.run(), shutdown);
+        service.wait_ready().await;
+        service
+    }
+
+    fn spawn(
+        port: u16,
+        run: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+        shutdown: CancellationToken,
+    ) -> TestService {
+        spool_platform::telemetry::init("text", "error");
+        TestService {
+            base_url: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
             shutdown,
-            handle: Some(handle),
+            handle: Some(tokio::spawn(run)),
         }
     }
 
     pub async fn wait_ready(&self) {
         let url = format!("{}/readyz", self.base_url);
-        eventually("ingest /readyz", Duration::from_secs(20), || async {
+        eventually("/readyz", Duration::from_secs(20), || async {
             let r = self.http.get(&url).send().await.ok()?;
             r.status().is_success().then_some(())
         })
@@ -63,14 +100,14 @@ impl TestIngest {
         format!("{}{path}", self.base_url)
     }
 
-    /// An admin request with the test token.
+    /// An admin request with the test token (ingest only).
     pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, self.url(path))
             .bearer_auth(ADMIN_TOKEN)
     }
 
-    /// Creates or replaces a site through the admin API.
+    /// Creates or replaces a site through the admin API (ingest only).
     pub async fn put_site(&self, site: &serde_json::Value) {
         let id = site["id"].as_str().expect("site id");
         let r = self
@@ -97,7 +134,7 @@ impl TestIngest {
     }
 }
 
-impl Drop for TestIngest {
+impl Drop for TestService {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }

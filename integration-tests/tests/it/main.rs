@@ -1,6 +1,7 @@
 //! Cross-service tests, all in one binary: real nats-server, real services, real HTTP.
 
 mod admin;
+mod delivery_stream;
 mod nats_outage;
 mod provisioning;
 mod sigterm;

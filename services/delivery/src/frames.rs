@@ -61,10 +61,11 @@ pub fn retry(ms: u64) -> Bytes {
     Bytes::from(format!("retry: {ms}\n\n"))
 }
 
-/// `event: ready` with the last sequence this server knows.
-pub fn ready(last_seq: u64) -> Bytes {
+/// The first frame of a stream: the `retry:` hint and `event: ready` with the last
+/// sequence this server knows.
+pub fn ready(retry_ms: u64, last_seq: u64) -> Bytes {
     Bytes::from(format!(
-        "event: ready\ndata: {}\n\n",
+        "retry: {retry_ms}\nevent: ready\ndata: {}\n\n",
         json!({ "last_seq": last_seq })
     ))
 }
@@ -122,7 +123,10 @@ mod tests {
     #[test]
     fn control_frames() {
         assert_eq!(&retry(3000)[..], b"retry: 3000\n\n");
-        assert_eq!(&ready(7)[..], b"event: ready\ndata: {\"last_seq\":7}\n\n");
+        assert_eq!(
+            &ready(3000, 7)[..],
+            b"retry: 3000\nevent: ready\ndata: {\"last_seq\":7}\n\n"
+        );
         let r = reset(&Reset {
             reason: "history_truncated",
             first_seq: 5,

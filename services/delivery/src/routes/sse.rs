@@ -147,9 +147,9 @@ impl Session {
     /// Sends until something ends the session; never returns `Ok`.
     async fn serve(&self, cursor: Option<u64>) -> Result<Infallible, End> {
         let settings = self.state.settings.clone();
-        self.send(frames::retry(millis(settings.retry))).await?;
         let mut live = self.state.hub.subscribe(&self.filter.site);
-        self.send(frames::ready(live.last_seq)).await?;
+        self.send(frames::ready(millis(settings.retry), live.last_seq))
+            .await?;
         let mut cursor = match cursor {
             Some(cursor) => self.catch_up(cursor).await?,
             None => live.last_seq,
