@@ -4,6 +4,7 @@
 //! deadline ([`eventually`]).
 
 pub mod nats_server;
+pub mod process;
 pub mod services;
 pub mod sse;
 pub mod webhook;

@@ -64,13 +64,18 @@ impl TestService {
 
     /// Starts a delivery and waits until `/readyz` says ready (feed started).
     pub async fn start_delivery(config: DeliveryConfig) -> TestService {
+        let service = TestService::start_delivery_unready(config).await;
+        service.wait_ready().await;
+        service
+    }
+
+    /// Starts a delivery without waiting for NATS (it connects in the background).
+    pub async fn start_delivery_unready(config: DeliveryConfig) -> TestService {
         let shutdown = CancellationToken::new();
         let app = spool_delivery::Application::build(config, shutdown.clone())
             .await
             .expect("delivery builds");
-        let service = TestService::spawn(app.port(), app.run(), shutdown);
-        service.wait_ready().await;
-        service
+        TestService::spawn(app.port(), app.run(), shutdown)
     }
 
     fn spawn(

@@ -1,69 +1,42 @@
-//! The real `spool-ingest` binary, configured by environment as in production: SIGTERM
-//! stops it cleanly (exit 0), and every webhook it answered 2xx is in the stream.
+//! The real binaries, configured by environment as in production: SIGTERM stops them
+//! cleanly (exit 0) without losing or stranding work.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use spool_integration_tests::nats_server::NatsServer;
+use spool_integration_tests::process::ServiceProcess;
+use spool_integration_tests::sse::SseClient;
 use spool_integration_tests::webhook::Webhook;
-use spool_integration_tests::{read_events, service_binary, site_json, write_sites_file};
+use spool_integration_tests::{eventually, read_events, site_json, write_sites_file};
 
 #[tokio::test]
-async fn sigterm_finishes_in_flight_webhooks_and_exits_zero() {
+async fn ingest_sigterm_finishes_in_flight_webhooks_and_exits_zero() {
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let sites = write_sites_file(dir.path(), &[site_json("acme")]);
-
-    let mut child = Command::new(service_binary("spool-ingest"))
-        .env("NATS_URL", nats.url())
-        .env("SPOOL_LISTEN", "127.0.0.1:0")
-        .env("SPOOL_SITES_FILE", &sites)
-        .env("SPOOL_LOG_FORMAT", "json")
-        .env("SPOOL_SHUTDOWN_GRACE", "10s")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    // The service logs the port it bound (SPOOL_LISTEN port 0) as JSON.
-    let stdout = child.stdout.take().unwrap();
-    let (port_tx, port_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                if let Some(port) = v["port"].as_u64() {
-                    let _ = port_tx.send(port);
-                }
-            }
-        }
-    });
-    let port = port_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("spool-ingest logs its port");
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    spool_integration_tests::eventually("ready", Duration::from_secs(20), || async {
-        let r = http.get(format!("{base}/readyz")).send().await.ok()?;
-        r.status().is_success().then_some(())
-    })
+    let mut ingest = ServiceProcess::start(
+        "spool-ingest",
+        &[
+            ("NATS_URL", nats.url()),
+            ("SPOOL_SITES_FILE", sites.display().to_string()),
+            ("SPOOL_SHUTDOWN_GRACE", "10s".into()),
+        ],
+    )
     .await;
+    let http = reqwest::Client::new();
 
     // A burst of webhooks, with SIGTERM arriving in the middle of it.
     let mut tasks = Vec::new();
     for i in 0..200 {
         let http = http.clone();
-        let base = base.clone();
+        let base = ingest.base_url.clone();
         tasks.push(tokio::spawn(async move {
             let hook = Webhook::published(&format!("msg_{i}"), "blog", &i.to_string());
             let r = hook.request(&http, &base, "acme").send().await.ok()?;
             (r.status() == 202).then_some(hook.id)
         }));
     }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    ingest.sigterm();
     let mut accepted = Vec::new();
     for t in tasks {
         if let Some(id) = t.await.unwrap() {
@@ -71,17 +44,7 @@ async fn sigterm_finishes_in_flight_webhooks_and_exits_zero() {
         }
     }
 
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "spool-ingest did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = ingest.wait_exit(Duration::from_secs(15)).await;
     assert!(status.success(), "exit status {status}");
     let stored: Vec<String> = read_events(&nats.url())
         .await
@@ -94,4 +57,74 @@ async fn sigterm_finishes_in_flight_webhooks_and_exits_zero() {
             "{id} was answered 202 but is not in the stream"
         );
     }
+}
+
+#[tokio::test]
+async fn delivery_sigterm_ends_open_streams_and_exits_zero() {
+    let nats = NatsServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut site = site_json("acme");
+    site["public"] = true.into();
+    let sites = write_sites_file(dir.path(), &[site]);
+    let mut delivery = ServiceProcess::start(
+        "spool-delivery",
+        &[
+            ("NATS_URL", nats.url()),
+            ("SPOOL_SITES_FILE", sites.display().to_string()),
+            ("SPOOL_SHUTDOWN_GRACE", "10s".into()),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let request = http.get(delivery.url("/v1/sites/acme/events/stream"));
+        let mut client = SseClient::connect(request, None).await;
+        assert_eq!(
+            client
+                .next_event(Duration::from_secs(10))
+                .await
+                .unwrap()
+                .event,
+            "ready"
+        );
+        clients.push(client);
+    }
+    // Long-polls end too, with what they have.
+    let poll = tokio::spawn({
+        let http = http.clone();
+        let url = delivery.url("/v1/sites/acme/events?since=0&wait=30");
+        async move {
+            let r = http.get(url).send().await.expect("poll answered");
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.expect("poll JSON"),
+            )
+        }
+    });
+    let metrics = delivery.url("/metrics");
+    eventually(
+        "the long-poll to be waiting",
+        Duration::from_secs(10),
+        || async {
+            let text = http.get(&metrics).send().await.ok()?.text().await.ok()?;
+            text.contains("spool_delivery_open_connections{kind=\"poll\"} 1")
+                .then_some(())
+        },
+    )
+    .await;
+
+    delivery.sigterm();
+    for client in &mut clients {
+        // The stream ends (so the browser resumes elsewhere) well before the grace period.
+        assert!(
+            client.next_event(Duration::from_secs(5)).await.is_none(),
+            "stream still open"
+        );
+    }
+    let status = delivery.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "exit status {status}");
+    let (code, page) = poll.await.unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(page["events"], serde_json::json!([]));
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
+use spool_platform::nats::Disconnects;
 use spool_proto::names::{EVENTS_STREAM, EVENTS_SUBJECTS};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -120,12 +121,19 @@ impl Hub {
 }
 
 /// Follows `SPOOL_EVENTS` from its current end for as long as `shutdown` allows,
-/// re-creating the consumer after the last sequence seen whenever it fails.
-pub async fn run_feed(js: jetstream::Context, hub: Arc<Hub>, shutdown: CancellationToken) {
+/// re-creating the consumer after the last sequence seen whenever it fails or the
+/// connection drops (the window stays valid: nothing after the last sequence is skipped).
+pub async fn run_feed(
+    js: jetstream::Context,
+    disconnects: Disconnects,
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let result = tokio::select! {
             r = follow(&js, &hub) => r,
+            _ = disconnects.next() => Err(anyhow::anyhow!("NATS disconnected")),
             _ = shutdown.cancelled() => return,
         };
         if let Err(e) = result {

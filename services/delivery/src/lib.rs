@@ -61,6 +61,7 @@ impl Application {
             .add_check("feed_not_started", move || ready_hub.is_ready());
         tokio::spawn(hub::run_feed(
             platform.jetstream.clone(),
+            platform.disconnects.clone(),
             hub.clone(),
             shutdown,
         ));

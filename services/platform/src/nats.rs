@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 use spool_proto::names::{DLQ_STREAM, DLQ_SUBJECTS, EVENTS_STREAM, EVENTS_SUBJECTS, SITES_BUCKET};
+use tokio::sync::watch;
 
 use crate::config::{CommonConfig, StreamSettings};
 
@@ -25,19 +26,28 @@ pub enum ProvisionError {
 /// Connects in the background and keeps reconnecting for ever (quickly: a NATS restart
 /// should cost seconds, not a pod restart). The client is usable at once; requests made
 /// while disconnected fail with a timeout, which callers answer as 503.
-pub async fn connect(config: &CommonConfig, service: &str) -> anyhow::Result<async_nats::Client> {
+pub async fn connect(
+    config: &CommonConfig,
+    service: &str,
+) -> anyhow::Result<(async_nats::Client, Disconnects)> {
     use anyhow::Context as _;
+    let (disconnects_tx, disconnects) = watch::channel(0u64);
     let mut options = async_nats::ConnectOptions::new()
         .name(service)
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2))
         .reconnect_delay_callback(reconnect_delay)
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => tracing::info!("NATS connected"),
-                async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
-                other => tracing::info!(event = %other, "NATS event"),
+        .event_callback(move |event| {
+            if matches!(event, async_nats::Event::Disconnected) {
+                disconnects_tx.send_modify(|n| *n += 1);
+            }
+            async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("NATS connected"),
+                    async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
+                    other => tracing::info!(event = %other, "NATS event"),
+                }
             }
         });
     if let Some(creds) = &config.nats_creds {
@@ -46,10 +56,29 @@ pub async fn connect(config: &CommonConfig, service: &str) -> anyhow::Result<asy
             .await
             .with_context(|| format!("--nats-creds {}", creds.display()))?;
     }
-    options
+    let client = options
         .connect(config.nats_url.as_str())
         .await
-        .with_context(|| format!("NATS_URL {}", config.nats_url))
+        .with_context(|| format!("NATS_URL {}", config.nats_url))?;
+    Ok((client, Disconnects(disconnects)))
+}
+
+/// Tells long-lived consumers (the delivery feed, the registry watch) that the connection
+/// dropped, so they start over after the reconnect instead of waiting for their own
+/// heartbeats to notice (tens of seconds after a NATS restart, however short the outage).
+#[derive(Clone)]
+pub struct Disconnects(watch::Receiver<u64>);
+
+impl Disconnects {
+    /// Resolves at the next disconnect after this call.
+    pub async fn next(&self) {
+        let mut rx = self.0.clone();
+        rx.mark_unchanged();
+        if rx.changed().await.is_err() {
+            // The client is gone: nothing will ever reconnect.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// 0 ms, then doubling from 50 ms to at most 2 s.

@@ -10,12 +10,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::CommonConfig;
 use crate::health::Readiness;
+use crate::nats::Disconnects;
 use crate::registry::{self, SiteRegistry};
 
 #[derive(Clone)]
 pub struct Platform {
     pub config: Arc<CommonConfig>,
     pub client: async_nats::Client,
+    /// Fires on every lost connection (see [`Disconnects`]).
+    pub disconnects: Disconnects,
     pub jetstream: jetstream::Context,
     pub registry: SiteRegistry,
     pub readiness: Readiness,
@@ -37,12 +40,13 @@ impl Platform {
             None => Vec::new(),
         };
         crate::metrics::handle();
-        let client = crate::nats::connect(&config, service).await?;
+        let (client, disconnects) = crate::nats::connect(&config, service).await?;
         let jetstream = jetstream::new(client.clone());
         let platform = Platform {
             config: Arc::new(config),
             readiness: Readiness::new(client.clone()),
             client,
+            disconnects,
             jetstream,
             registry: SiteRegistry::default(),
             shutdown,
@@ -86,9 +90,12 @@ impl Platform {
         let _ = self.bucket.set(store.clone());
         let readiness = self.readiness.clone();
         self.registry
-            .follow(store, self.shutdown.clone(), move |synced| {
-                readiness.set_registry_synced(synced)
-            })
+            .follow(
+                &self.disconnects,
+                store,
+                self.shutdown.clone(),
+                move |synced| readiness.set_registry_synced(synced),
+            )
             .await;
     }
 }

@@ -80,9 +80,11 @@ impl SiteRegistry {
     }
 
     /// Loads the whole bucket, then follows its changes until `shutdown`; on any watch
-    /// failure (NATS restart, ...) starts over. `on_synced` runs after each full load.
+    /// failure or lost connection (NATS restart, ...) starts over. `on_synced` runs after
+    /// each full load.
     pub async fn follow(
         &self,
+        disconnects: &crate::nats::Disconnects,
         store: kv::Store,
         shutdown: CancellationToken,
         on_synced: impl Fn(bool),
@@ -91,6 +93,7 @@ impl SiteRegistry {
         while !shutdown.is_cancelled() {
             let result = tokio::select! {
                 r = self.sync_and_watch(&store, &on_synced) => r,
+                _ = disconnects.next() => Err(anyhow::anyhow!("NATS disconnected")),
                 _ = shutdown.cancelled() => return,
             };
             on_synced(false);

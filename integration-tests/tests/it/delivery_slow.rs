@@ -1,0 +1,130 @@
+//! A client that stops reading is disconnected, while a fast one keeps receiving, and the
+//! server's memory does not grow with what the stuck client failed to read.
+
+use std::time::Duration;
+
+use spool_integration_tests::nats_server::NatsServer;
+use spool_integration_tests::process::ServiceProcess;
+use spool_integration_tests::services::{ingest_config, TestService};
+use spool_integration_tests::sse::SseClient;
+use spool_integration_tests::webhook::Webhook;
+use spool_integration_tests::{eventually, site_json, write_sites_file};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Opens an SSE stream on a socket with a tiny receive buffer, and never reads it.
+async fn stuck_client(base_url: &str) -> tokio::net::TcpStream {
+    let addr: std::net::SocketAddr = base_url.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let request = format!(
+        "GET /v1/sites/acme/events/stream HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+/// A webhook whose event is about `size` bytes.
+fn big(i: usize, size: usize) -> Webhook {
+    let body = serde_json::json!({
+        "type": "content.updated", "collection": "blog",
+        "item": { "id": i.to_string(), "slug": format!("p{i}"), "body": "x".repeat(size) },
+    });
+    Webhook::with_body(&format!("big{i}"), body.to_string().into_bytes())
+}
+
+#[tokio::test]
+async fn a_stuck_client_is_dropped_while_a_fast_one_gets_everything_and_memory_stays_bounded() {
+    const EVENTS: usize = 120;
+    const SIZE: usize = 200 * 1024;
+    let nats = NatsServer::start().await;
+    let ingest = TestService::start(ingest_config(&nats.url())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut site = site_json("acme");
+    site["public"] = true.into();
+    let sites = write_sites_file(dir.path(), &[site]);
+    let delivery = ServiceProcess::start(
+        "spool-delivery",
+        &[
+            ("NATS_URL", nats.url()),
+            ("SPOOL_SITES_FILE", sites.display().to_string()),
+            ("SPOOL_CLIENT_BUFFER", "4".into()),
+            ("SPOOL_SLOW_CLIENT_TIMEOUT", "300ms".into()),
+            ("SPOOL_REPLAY_WINDOW_BYTES", (1024 * 1024).to_string()),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let mut stuck = Vec::new();
+    for _ in 0..3 {
+        stuck.push(stuck_client(&delivery.base_url).await);
+    }
+    let mut fast =
+        SseClient::connect(http.get(delivery.url("/v1/sites/acme/events/stream")), None).await;
+    assert_eq!(
+        fast.next_event(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .event,
+        "ready"
+    );
+    let metrics = delivery.url("/metrics");
+    eventually("four open streams", Duration::from_secs(10), || async {
+        let text = http.get(&metrics).send().await.ok()?.text().await.ok()?;
+        text.contains("spool_delivery_open_connections{kind=\"sse\"} 4")
+            .then_some(())
+    })
+    .await;
+    let rss_before = delivery.rss_kib();
+
+    // ~24 MB of events: far more than the stuck sockets' buffers can take.
+    let reader = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        while ids.len() < EVENTS {
+            ids.push(
+                fast.next_message(Duration::from_secs(20))
+                    .await
+                    .expect("fast client")
+                    .id,
+            );
+        }
+        ids
+    });
+    for i in 0..EVENTS {
+        let (status, body) = big(i, SIZE)
+            .send(&ingest.http, &ingest.base_url, "acme")
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let ids = reader.await.unwrap();
+    assert_eq!(ids.len(), EVENTS);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order");
+
+    eventually(
+        "the stuck clients to be dropped",
+        Duration::from_secs(20),
+        || async {
+            let text = http.get(&metrics).send().await.ok()?.text().await.ok()?;
+            text.contains("spool_delivery_slow_clients_dropped_total 3")
+                .then_some(())
+        },
+    )
+    .await;
+    // Their connections are closed: reading what was buffered ends in EOF (or a reset).
+    for mut socket in stuck {
+        let mut sink = vec![0u8; 64 * 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match socket.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a stuck client's connection is still open");
+    }
+    // Three clients that read nothing of ~24 MB each cost the server far less than that.
+    let grown_mib = delivery.rss_kib().saturating_sub(rss_before) / 1024;
+    assert!(grown_mib < 32, "delivery RSS grew by {grown_mib} MiB");
+}
