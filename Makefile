@@ -12,7 +12,7 @@ SYSTEM_NATS := $(shell scripts/system-nats-server.sh)
 NATS_SERVER_BIN ?= $(if $(SYSTEM_NATS),$(SYSTEM_NATS),$(TOOLS)/bin/nats-server)
 export NATS_SERVER_BIN
 
-.PHONY: all tools build release test fmt lint run demo-webhook bench-ingest clean
+.PHONY: all tools build release test fmt lint run demo-webhook bench-ingest bench-delivery clean
 
 all: build
 
@@ -53,6 +53,9 @@ demo-webhook:
 
 bench-ingest: tools release
 	cargo run --release -p spool-integration-tests --example ingest_load -- $(ARGS)
+
+bench-delivery: tools release
+	cargo run --release -p spool-integration-tests --example delivery_load -- $(ARGS)
 
 clean:
 	cargo clean

@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 NATS_PORT=${NATS_PORT:-4222}
 INGEST_PORT=${INGEST_PORT:-8080}
+DELIVERY_PORT=${DELIVERY_PORT:-8081}
+DEMO_PAGE_PORT=${DEMO_PAGE_PORT:-3000}
 export NATS_URL="nats://127.0.0.1:${NATS_PORT}"
 export SPOOL_SITES_FILE=${SPOOL_SITES_FILE:-demo/sites.json}
 export SPOOL_ADMIN_TOKEN=${SPOOL_ADMIN_TOKEN:-dev-admin-token}
@@ -36,14 +38,27 @@ pids+=($!)
 
 SPOOL_LISTEN="127.0.0.1:${INGEST_PORT}" "$BIN/spool-ingest" > .run/logs/ingest.log 2>&1 &
 pids+=($!)
+SPOOL_LISTEN="127.0.0.1:${DELIVERY_PORT}" "$BIN/spool-delivery" > .run/logs/delivery.log 2>&1 &
+pids+=($!)
+python3 -m http.server "$DEMO_PAGE_PORT" --bind 127.0.0.1 --directory demo > .run/logs/demo-page.log 2>&1 &
+pids+=($!)
 wait_http "http://127.0.0.1:${INGEST_PORT}/readyz" spool-ingest
+wait_http "http://127.0.0.1:${DELIVERY_PORT}/readyz" spool-delivery
 
 cat <<MSG
 
 Spool Live is running (logs in .run/logs/):
   nats-server    $NATS_URL  (JetStream data in .run/nats)
   spool-ingest   http://127.0.0.1:${INGEST_PORT}   admin token: $SPOOL_ADMIN_TOKEN
-  demo site      demo  (sites file: $SPOOL_SITES_FILE)
+  spool-delivery http://127.0.0.1:${DELIVERY_PORT}
+  demo site      demo  (public; sites file: $SPOOL_SITES_FILE)
+  demo page      http://localhost:${DEMO_PAGE_PORT}/live.html  (EventSource; prints events live)
+
+Watch the live stream in a terminal (replays history, then live):
+
+curl -N 'http://127.0.0.1:${DELIVERY_PORT}/v1/sites/demo/events/stream?since=0'
+
+Or poll:  curl 'http://127.0.0.1:${DELIVERY_PORT}/v1/sites/demo/events?since=0'
 
 Send a signed demo webhook (valid 5 minutes; \`make demo-webhook\` prints a fresh one):
 

@@ -1,6 +1,11 @@
 //! Cross-service tests, all in one binary: real nats-server, real services, real HTTP.
 
 mod admin;
+mod delivery_access;
+mod delivery_poll;
+mod delivery_reset;
+mod delivery_resume;
+mod delivery_slow;
 mod delivery_stream;
 mod nats_outage;
 mod provisioning;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use spool_platform::http::bearer_token;
 use spool_proto::{Site, SiteId};
 
 use super::AppState;
@@ -29,12 +30,7 @@ pub fn authorize(site: &Site, headers: &HeaderMap, params: &Params) -> Result<()
     if site.public {
         return Ok(());
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match bearer.or(params.token()) {
+    match bearer_token(headers).or(params.token()) {
         None => Err(DeliveryError::Unauthorized(
             "a read token is required: Authorization: Bearer <token> or ?token=<token>",
         )),

@@ -185,7 +185,9 @@ impl Session {
     async fn catch_up(&self, mut cursor: u64) -> Result<u64, End> {
         let (hub, history) = (&self.state.hub, &self.state.history);
         loop {
-            let page = catch_up(hub, history, &self.filter, cursor, PAGE)
+            // Boxed: a JetStream read is a large future, and keeping it inline would make
+            // every idle session (one per open stream) that large too.
+            let page = Box::pin(catch_up(hub, history, &self.filter, cursor, PAGE))
                 .await
                 .map_err(|e| End::Failed(e.to_string()))?;
             if let Some(reset) = &page.reset {

@@ -6,6 +6,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
+use spool_platform::http::bearer_token;
 use spool_proto::site::REDACTED_MARK;
 use spool_proto::{Site, SiteId};
 use subtle::ConstantTimeEq;
@@ -21,14 +22,10 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), IngestError> {
         .admin_token
         .as_ref()
         .ok_or(IngestError::AdminDisabled)?;
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            IngestError::Unauthorized("missing Authorization: Bearer <admin token>".into())
-        })?;
-    if bool::from(given.trim().as_bytes().ct_eq(expected.expose().as_bytes())) {
+    let given = bearer_token(headers).ok_or_else(|| {
+        IngestError::Unauthorized("missing Authorization: Bearer <admin token>".into())
+    })?;
+    if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) {
         Ok(())
     } else {
         Err(IngestError::Unauthorized("wrong admin token".into()))
