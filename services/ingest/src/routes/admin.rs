@@ -2,7 +2,7 @@
 //! behind `Authorization: Bearer $SPOOL_ADMIN_TOKEN`. Secrets are never echoed in full.
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
