@@ -108,3 +108,30 @@ async fn the_collections_filter_applies_to_replay_and_live() {
     let news = sys.publish("n1", "news").await;
     assert_eq!(client.next_message(T).await.unwrap().id, news);
 }
+
+#[tokio::test]
+async fn an_idle_stream_gets_heartbeats() {
+    let nats = NatsServer::start().await;
+    let ingest = TestService::start(ingest_config(&nats.url())).await;
+    ingest.put_site(&site_json("acme")).await;
+    let mut config = delivery_config(&nats.url());
+    config.heartbeat = Duration::from_millis(100);
+    let delivery = TestService::start_delivery(config).await;
+    let mut response = delivery
+        .http
+        .get(delivery.url("/v1/sites/acme/events/stream"))
+        .bearer_auth("rk_test_acme_0123456789")
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    while seen.matches(": ping\n\n").count() < 2 {
+        let chunk = tokio::time::timeout(T, response.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.starts_with("retry: 3000\nevent: ready\n"), "{seen}");
+}
