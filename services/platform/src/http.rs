@@ -95,6 +95,47 @@ pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// Why an admin request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAuthError {
+    /// No `SPOOL_ADMIN_TOKEN` is configured: the admin API is off.
+    Disabled,
+    Missing,
+    Wrong,
+}
+
+/// Checks `Authorization: Bearer <admin token>` against the configured token, in constant
+/// time.
+pub fn check_admin(
+    expected: Option<&crate::config::Secret>,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), AdminAuthError> {
+    use subtle::ConstantTimeEq;
+    let expected = expected.ok_or(AdminAuthError::Disabled)?;
+    let given = bearer_token(headers).ok_or(AdminAuthError::Missing)?;
+    if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) {
+        Ok(())
+    } else {
+        Err(AdminAuthError::Wrong)
+    }
+}
+
+impl From<AdminAuthError> for ApiError {
+    fn from(e: AdminAuthError) -> ApiError {
+        match e {
+            AdminAuthError::Disabled => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "admin_disabled",
+                "the admin API is disabled: set SPOOL_ADMIN_TOKEN to enable it",
+            ),
+            AdminAuthError::Missing => {
+                ApiError::unauthorized("missing Authorization: Bearer <admin token>")
+            }
+            AdminAuthError::Wrong => ApiError::unauthorized("wrong admin token"),
+        }
+    }
+}
+
 /// Binds with a large backlog. Port 0 picks a free port (tests); read it from the listener.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {

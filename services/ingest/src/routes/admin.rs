@@ -6,10 +6,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
-use spool_platform::http::bearer_token;
+use spool_platform::http::{check_admin, AdminAuthError};
 use spool_proto::site::REDACTED_MARK;
 use spool_proto::{Site, SiteId};
-use subtle::ConstantTimeEq;
 
 use super::{read_body, require_json, AppState};
 use crate::error::IngestError;
@@ -18,18 +17,13 @@ use crate::error::IngestError;
 pub const MAX_SITE_BODY: usize = 1024 * 1024;
 
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), IngestError> {
-    let expected = state
-        .admin_token
-        .as_ref()
-        .ok_or(IngestError::AdminDisabled)?;
-    let given = bearer_token(headers).ok_or_else(|| {
-        IngestError::Unauthorized("missing Authorization: Bearer <admin token>".into())
-    })?;
-    if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) {
-        Ok(())
-    } else {
-        Err(IngestError::Unauthorized("wrong admin token".into()))
-    }
+    check_admin(state.admin_token.as_deref(), headers).map_err(|e| match e {
+        AdminAuthError::Disabled => IngestError::AdminDisabled,
+        AdminAuthError::Missing => {
+            IngestError::Unauthorized("missing Authorization: Bearer <admin token>".into())
+        }
+        AdminAuthError::Wrong => IngestError::Unauthorized("wrong admin token".into()),
+    })
 }
 
 fn parse_id(site: String) -> Result<SiteId, IngestError> {

@@ -1,0 +1,90 @@
+//! `spool-revalidator` configuration: the shared settings plus the revalidator's own.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use spool_platform::config::CommonConfig;
+
+/// Calls each site's revalidation webhooks for every change.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "spool-revalidator", version)]
+pub struct RevalidatorConfig {
+    #[command(flatten)]
+    pub common: CommonConfig,
+
+    /// Address to listen on (health, metrics, dead-letter admin).
+    #[arg(long, env = "SPOOL_LISTEN", default_value = "0.0.0.0:8082")]
+    pub listen: SocketAddr,
+
+    /// Name of the durable consumer all replicas share.
+    #[arg(long, env = "SPOOL_CONSUMER_NAME", default_value = "spool-revalidator")]
+    pub consumer_name: String,
+
+    /// Events handed out and not yet acknowledged, across all replicas.
+    #[arg(long, env = "SPOOL_MAX_ACK_PENDING", default_value_t = 1000)]
+    pub max_ack_pending: i64,
+
+    /// How long an unacknowledged event waits before JetStream redelivers it (a crashed
+    /// replica's work comes back after this). Long calls send progress to extend it.
+    #[arg(long, env = "SPOOL_ACK_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ack_wait: Duration,
+
+    /// Timeout of one revalidation call.
+    #[arg(long, env = "SPOOL_CALL_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub call_timeout: Duration,
+
+    /// Calls in flight per target at once.
+    #[arg(long, env = "SPOOL_TARGET_CONCURRENCY", default_value_t = 4)]
+    pub target_concurrency: usize,
+
+    /// Events for one target arriving within this window are merged into one call.
+    #[arg(long, env = "SPOOL_COALESCE_WINDOW", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub coalesce_window: Duration,
+
+    /// Most events merged into one call.
+    #[arg(long, env = "SPOOL_COALESCE_MAX", default_value_t = 500)]
+    pub coalesce_max: usize,
+
+    /// Delays before the 2nd, 3rd, ... attempt (± 20 % jitter); after the last, the call is
+    /// dead-lettered.
+    #[arg(long, env = "SPOOL_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h", value_parser = crate::retry::RetryPolicy::parse_schedule)]
+    pub retry_schedule: std::vec::Vec<Duration>,
+}
+
+impl RevalidatorConfig {
+    /// Defaults, with the given shared settings and listen address (port 0 in tests).
+    pub fn new(common: CommonConfig, listen: SocketAddr) -> RevalidatorConfig {
+        RevalidatorConfig {
+            common,
+            listen,
+            consumer_name: "spool-revalidator".into(),
+            max_ack_pending: 1000,
+            ack_wait: Duration::from_secs(30),
+            call_timeout: Duration::from_secs(10),
+            target_concurrency: 4,
+            coalesce_window: Duration::from_millis(100),
+            coalesce_max: 500,
+            retry_schedule: crate::retry::RetryPolicy::default().schedule,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_defaults_equal_the_constructor_defaults() {
+        let parsed = RevalidatorConfig::try_parse_from(["x"]).unwrap();
+        let built = RevalidatorConfig::new(parsed.common.clone(), parsed.listen);
+        assert_eq!(parsed.retry_schedule, built.retry_schedule);
+        assert_eq!(parsed.ack_wait, built.ack_wait);
+        assert_eq!(parsed.coalesce_window, built.coalesce_window);
+        assert_eq!(parsed.listen.port(), 8082);
+        let err = RevalidatorConfig::try_parse_from(["x", "--retry-schedule", "1s,later"])
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("--retry-schedule"), "{err}");
+    }
+}

@@ -1,0 +1,105 @@
+//! Dead letters: what could not be delivered, kept in `SPOOL_DLQ` under
+//! `spool.dlq.<site>`, one record per (event, target).
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use spool_proto::names::{dlq_subject, DLQ_STREAM, MSG_ID_HEADER};
+use spool_proto::{Event, SiteId};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub site: SiteId,
+    /// The target's URL (its secret is never stored here).
+    pub url: String,
+    /// `permanent_status` (a 4xx other than 408/429), `retries_exhausted`.
+    pub reason: String,
+    /// The `webhook-id` of the failed call.
+    pub webhook_id: String,
+    pub attempts: u64,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub failed_at: time::OffsetDateTime,
+    pub event: Event,
+}
+
+/// A stored dead letter with its `SPOOL_DLQ` sequence (what replay takes).
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredDeadLetter {
+    pub dlq_seq: u64,
+    #[serde(flatten)]
+    pub record: DeadLetter,
+}
+
+/// Writes a record, de-duplicated per (site, event seq, target): a crash between writing
+/// and acking writes it once.
+pub async fn write(js: &jetstream::Context, record: &DeadLetter) -> anyhow::Result<()> {
+    let mut headers = async_nats::HeaderMap::new();
+    let url_id = crate::dispatch::call_id(&record.site, &record.url, &[]);
+    headers.insert(
+        MSG_ID_HEADER,
+        format!("{}:{}:{url_id}", record.site, record.event.seq).as_str(),
+    );
+    let payload = Bytes::from(serde_json::to_vec(record)?);
+    js.publish_with_headers(dlq_subject(&record.site), headers, payload)
+        .await?
+        .await?;
+    metrics::counter!("spool_revalidator_dead_letters_total", "reason" => reason_label(&record.reason)).increment(1);
+    tracing::warn!(site = %record.site, seq = record.event.seq, url = %record.url, reason = %record.reason, "dead-lettered");
+    Ok(())
+}
+
+fn reason_label(reason: &str) -> &'static str {
+    match reason {
+        "permanent_status" => "permanent_status",
+        "retries_exhausted" => "retries_exhausted",
+        _ => "other",
+    }
+}
+
+/// Up to `limit` dead letters (of one site, or all), oldest first.
+pub async fn list(
+    js: &jetstream::Context,
+    site: Option<&SiteId>,
+    limit: usize,
+) -> anyhow::Result<Vec<StoredDeadLetter>> {
+    let mut stream = js.get_stream(DLQ_STREAM).await?;
+    let state = stream.info().await?.state.clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return Ok(out);
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        if out.len() >= limit {
+            break;
+        }
+        if let Some(stored) = get(js, seq).await? {
+            if site.is_none_or(|s| *s == stored.record.site) {
+                out.push(stored);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One dead letter by its `SPOOL_DLQ` sequence (`None` if absent or not a record).
+pub async fn get(
+    js: &jetstream::Context,
+    dlq_seq: u64,
+) -> anyhow::Result<Option<StoredDeadLetter>> {
+    let stream = js.get_stream(DLQ_STREAM).await?;
+    let Ok(message) = stream.get_raw_message(dlq_seq).await else {
+        return Ok(None);
+    };
+    Ok(serde_json::from_slice(&message.payload)
+        .ok()
+        .map(|record| StoredDeadLetter { dlq_seq, record }))
+}
+
+/// Removes a dead letter once it has been delivered after all.
+pub async fn remove(js: &jetstream::Context, dlq_seq: u64) -> anyhow::Result<()> {
+    let stream = js.get_stream(DLQ_STREAM).await?;
+    stream.delete_message(dlq_seq).await?;
+    Ok(())
+}

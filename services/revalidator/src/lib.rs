@@ -1,0 +1,116 @@
+//! `spool-revalidator`: a durable JetStream consumer, shared by any number of replicas,
+//! that calls each site's revalidation targets — signed, retried with backoff, merged when
+//! events come close together, dead-lettered when they can't succeed.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod consumer;
+pub mod dispatch;
+pub mod dlq;
+pub mod retry;
+pub mod routes;
+pub mod worker;
+
+use std::sync::Arc;
+
+use spool_platform::http;
+use spool_platform::shutdown::CancellationToken;
+use spool_platform::Platform;
+use tokio::net::TcpListener;
+
+pub use config::RevalidatorConfig;
+
+/// A built revalidator: listening, but not serving until [`Application::run`].
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    platform: Platform,
+    worker: Arc<worker::Worker>,
+    port: u16,
+}
+
+impl Application {
+    /// Binds the listener, connects to NATS in the background and starts consuming.
+    pub async fn build(
+        config: RevalidatorConfig,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Application> {
+        use anyhow::Context as _;
+        let listener = http::bind(config.listen)
+            .with_context(|| format!("binding SPOOL_LISTEN {}", config.listen))?;
+        let port = listener.local_addr()?.port();
+        let platform =
+            Platform::start(config.common.clone(), "spool-revalidator", shutdown.clone()).await?;
+        let worker = worker::Worker::new(
+            platform.clone(),
+            dispatch::Dispatcher::new(config.call_timeout)?,
+            worker::Settings {
+                policy: retry::RetryPolicy {
+                    schedule: config.retry_schedule.clone(),
+                    ..Default::default()
+                },
+                coalesce_window: config.coalesce_window,
+                coalesce_max: config.coalesce_max,
+                target_concurrency: config.target_concurrency,
+                ack_wait: config.ack_wait,
+            },
+        );
+        let consumer = consumer::ConsumerSettings {
+            name: config.consumer_name.clone(),
+            ack_wait: config.ack_wait,
+            max_ack_pending: config.max_ack_pending,
+        };
+        tokio::spawn(consumer::run(
+            platform.jetstream.clone(),
+            consumer,
+            worker.clone(),
+            platform.disconnects.clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(consumer::report_pending(
+            platform.jetstream.clone(),
+            config.consumer_name.clone(),
+            shutdown,
+        ));
+        let state = routes::AppState {
+            platform: platform.clone(),
+            worker: worker.clone(),
+            admin_token: config.common.admin_token.clone().map(Arc::new),
+        };
+        Ok(Application {
+            listener,
+            router: routes::router(state),
+            platform,
+            worker,
+            port,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until the shutdown token is cancelled; then stops taking events, lets the
+    /// calls in flight finish (within the grace period) and returns. Events not acknowledged
+    /// by then are redelivered to another replica after the ack wait.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let shutdown = self.platform.shutdown.clone();
+        let grace = self.platform.config.shutdown_grace;
+        http::serve(self.listener, self.router, shutdown.clone()).await?;
+        self.worker.calls.close();
+        if tokio::time::timeout(grace, self.worker.calls.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "revalidation calls still running after the grace period; they will be redelivered"
+            );
+        }
+        if let Err(e) = self.platform.client.flush().await {
+            tracing::warn!(error = %e, "flushing NATS on shutdown failed");
+        }
+        tracing::info!("spool-revalidator stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,137 @@
+//! The revalidator's HTTP surface: health and metrics (every service's), and the
+//! dead-letter admin API behind `SPOOL_ADMIN_TOKEN`:
+//! `GET /v1/admin/dlq[?site=&limit=]`, `POST /v1/admin/dlq/{seq}/replay`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use spool_platform::config::Secret;
+use spool_platform::http::{check_admin, ApiError};
+use spool_platform::Platform;
+use spool_proto::SiteId;
+
+use crate::dlq;
+use crate::retry::Outcome;
+use crate::worker::Worker;
+
+pub const DLQ: &str = "/v1/admin/dlq";
+pub const DLQ_REPLAY: &str = "/v1/admin/dlq/{seq}/replay";
+
+/// Every route the revalidator serves, as (method, path template).
+pub const ROUTES: &[(Method, &str)] = &[
+    (Method::GET, DLQ),
+    (Method::POST, DLQ_REPLAY),
+    (Method::GET, "/healthz"),
+    (Method::GET, "/readyz"),
+    (Method::GET, "/metrics"),
+];
+
+#[derive(Clone)]
+pub struct AppState {
+    pub platform: Platform,
+    pub worker: Arc<Worker>,
+    pub admin_token: Option<Arc<Secret>>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let readiness = state.platform.readiness.clone();
+    let api = Router::new()
+        .route(DLQ, get(list))
+        .route(DLQ_REPLAY, post(replay))
+        .with_state(state);
+    spool_platform::http::finish_router(api, readiness)
+}
+
+#[derive(serde::Deserialize)]
+pub struct ListQuery {
+    site: Option<String>,
+    limit: Option<usize>,
+}
+
+fn unavailable(e: anyhow::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        format!("{e:#}"),
+    )
+    .with_retry_after(2)
+}
+
+async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    check_admin(state.admin_token.as_deref(), &headers)?;
+    let site = query.site.map(SiteId::parse).transpose().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            format!("site: {e}"),
+        )
+    })?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let records = dlq::list(&state.platform.jetstream, site.as_ref(), limit)
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(json!({ "dead_letters": records })).into_response())
+}
+
+/// Calls the record's target again, as configured now. Delivered: the record is removed
+/// (200). Not delivered: it stays, and the answer says why (502).
+async fn replay(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(seq): Path<u64>,
+) -> Result<Response, ApiError> {
+    check_admin(state.admin_token.as_deref(), &headers)?;
+    let js = &state.platform.jetstream;
+    let stored = dlq::get(js, seq)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_dead_letter",
+                format!("no dead letter {seq}"),
+            )
+        })?;
+    let record = stored.record;
+    let target = state
+        .platform
+        .registry
+        .get(record.site.as_str())
+        .and_then(|site| {
+            site.revalidate
+                .iter()
+                .find(|t| t.url == record.url)
+                .cloned()
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "target_gone",
+                format!(
+                    "site {} no longer has the target {}",
+                    record.site, record.url
+                ),
+            )
+        })?;
+    let result = state.worker.replay(&target, &record.event).await;
+    if result.outcome == Outcome::Delivered {
+        dlq::remove(js, seq).await.map_err(unavailable)?;
+        return Ok(Json(json!({ "replayed": true, "status": result.status })).into_response());
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "replay_failed",
+        result
+            .error
+            .unwrap_or_else(|| "the target did not accept the call".into()),
+    ))
+}
