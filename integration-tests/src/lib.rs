@@ -5,6 +5,7 @@
 
 pub mod nats_server;
 pub mod process;
+pub mod receiver;
 pub mod services;
 pub mod sse;
 pub mod webhook;

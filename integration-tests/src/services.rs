@@ -8,6 +8,7 @@ use spool_delivery::DeliveryConfig;
 use spool_ingest::IngestConfig;
 use spool_platform::config::{CommonConfig, Secret};
 use spool_platform::shutdown::CancellationToken;
+use spool_revalidator::RevalidatorConfig;
 use tokio::task::JoinHandle;
 
 use crate::{eventually, ADMIN_TOKEN};
@@ -38,6 +39,21 @@ fn loopback() -> SocketAddr {
 /// An ingest configuration on loopback port 0.
 pub fn ingest_config(nats_url: &str) -> IngestConfig {
     IngestConfig::new(common_config(nats_url), loopback())
+}
+
+/// A revalidator configuration on loopback port 0, with retries in milliseconds and a
+/// short ack wait so that tests see redeliveries quickly.
+pub fn revalidator_config(nats_url: &str) -> RevalidatorConfig {
+    let mut config = RevalidatorConfig::new(common_config(nats_url), loopback());
+    config.retry_schedule = vec![
+        Duration::from_millis(100),
+        Duration::from_millis(200),
+        Duration::from_millis(400),
+    ];
+    config.ack_wait = Duration::from_secs(2);
+    config.call_timeout = Duration::from_secs(2);
+    config.coalesce_window = Duration::from_millis(50);
+    config
 }
 
 /// A delivery configuration on loopback port 0.
@@ -76,6 +92,17 @@ impl TestService {
             .await
             .expect("delivery builds");
         TestService::spawn(app.port(), app.run(), shutdown)
+    }
+
+    /// Starts a revalidator and waits until `/readyz` says ready.
+    pub async fn start_revalidator(config: RevalidatorConfig) -> TestService {
+        let shutdown = CancellationToken::new();
+        let app = spool_revalidator::Application::build(config, shutdown.clone())
+            .await
+            .expect("revalidator builds");
+        let service = TestService::spawn(app.port(), app.run(), shutdown);
+        service.wait_ready().await;
+        service
     }
 
     fn spawn(

@@ -9,5 +9,6 @@ mod delivery_slow;
 mod delivery_stream;
 mod nats_outage;
 mod provisioning;
+mod revalidator;
 mod sigterm;
 mod webhooks;
