@@ -12,7 +12,7 @@ SYSTEM_NATS := $(shell scripts/system-nats-server.sh)
 NATS_SERVER_BIN ?= $(if $(SYSTEM_NATS),$(SYSTEM_NATS),$(TOOLS)/bin/nats-server)
 export NATS_SERVER_BIN
 
-.PHONY: all tools build release test fmt lint run demo-webhook bench-ingest bench-delivery clean
+.PHONY: all tools build release test fmt lint run demo-webhook bench-ingest bench-delivery bench-revalidator clean
 
 all: build
 
@@ -56,6 +56,9 @@ bench-ingest: tools release
 
 bench-delivery: tools release
 	cargo run --release -p spool-integration-tests --example delivery_load -- $(ARGS)
+
+bench-revalidator: tools release
+	cargo run --release -p spool-integration-tests --example revalidator_load -- $(ARGS)
 
 clean:
 	cargo clean

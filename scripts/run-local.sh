@@ -8,6 +8,8 @@ NATS_PORT=${NATS_PORT:-4222}
 INGEST_PORT=${INGEST_PORT:-8080}
 DELIVERY_PORT=${DELIVERY_PORT:-8081}
 DEMO_PAGE_PORT=${DEMO_PAGE_PORT:-3000}
+REVALIDATOR_PORT=${REVALIDATOR_PORT:-8082}
+TARGET_PORT=${TARGET_PORT:-3001}
 export NATS_URL="nats://127.0.0.1:${NATS_PORT}"
 export SPOOL_SITES_FILE=${SPOOL_SITES_FILE:-demo/sites.json}
 export SPOOL_ADMIN_TOKEN=${SPOOL_ADMIN_TOKEN:-dev-admin-token}
@@ -40,10 +42,16 @@ SPOOL_LISTEN="127.0.0.1:${INGEST_PORT}" "$BIN/spool-ingest" > .run/logs/ingest.l
 pids+=($!)
 SPOOL_LISTEN="127.0.0.1:${DELIVERY_PORT}" "$BIN/spool-delivery" > .run/logs/delivery.log 2>&1 &
 pids+=($!)
+SPOOL_LISTEN="127.0.0.1:${REVALIDATOR_PORT}" "$BIN/spool-revalidator" > .run/logs/revalidator.log 2>&1 &
+pids+=($!)
+# The demo site's revalidation target prints what it is asked to revalidate, right here.
+python3 scripts/revalidate-target.py --port "$TARGET_PORT" &
+pids+=($!)
 python3 -m http.server "$DEMO_PAGE_PORT" --bind 127.0.0.1 --directory demo > .run/logs/demo-page.log 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:${INGEST_PORT}/readyz" spool-ingest
 wait_http "http://127.0.0.1:${DELIVERY_PORT}/readyz" spool-delivery
+wait_http "http://127.0.0.1:${REVALIDATOR_PORT}/readyz" spool-revalidator
 
 cat <<MSG
 
@@ -51,6 +59,8 @@ Spool Live is running (logs in .run/logs/):
   nats-server    $NATS_URL  (JetStream data in .run/nats)
   spool-ingest   http://127.0.0.1:${INGEST_PORT}   admin token: $SPOOL_ADMIN_TOKEN
   spool-delivery http://127.0.0.1:${DELIVERY_PORT}
+  spool-revalidator http://127.0.0.1:${REVALIDATOR_PORT}  (dead letters: GET /v1/admin/dlq)
+  demo target    http://127.0.0.1:${TARGET_PORT}/api/revalidate  (prints each revalidation below)
   demo site      demo  (public; sites file: $SPOOL_SITES_FILE)
   demo page      http://localhost:${DEMO_PAGE_PORT}/live.html  (EventSource; prints events live)
 
