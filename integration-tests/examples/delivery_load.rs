@@ -14,16 +14,7 @@ use futures::StreamExt;
 use spool_integration_tests::nats_server::NatsServer;
 use spool_integration_tests::process::ServiceProcess;
 use spool_integration_tests::webhook::Webhook;
-use spool_integration_tests::{eventually, site_json, write_sites_file};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use spool_integration_tests::{cli_arg, eventually, site_json, write_sites_file};
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -35,9 +26,9 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let streams = arg("--streams", 1000) as usize;
-    let rate = arg("--rate", 100);
-    let seconds = arg("--seconds", 10);
+    let streams: usize = cli_arg("--streams", 1000);
+    let rate: u64 = cli_arg("--rate", 100);
+    let seconds: u64 = cli_arg("--seconds", 10);
     let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
     let want = (streams as u64 * 2 + 1024).min(hard);
     if soft < want {

@@ -9,17 +9,8 @@ use std::time::{Duration, Instant};
 
 use spool_integration_tests::nats_server::NatsServer;
 use spool_integration_tests::services::{ingest_config, TestIngest};
-use spool_integration_tests::site_json;
 use spool_integration_tests::webhook::Webhook;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use spool_integration_tests::{cli_arg, site_json};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -28,8 +19,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main]
 async fn main() {
-    let requests = arg("--requests", 20_000);
-    let concurrency = arg("--concurrency", 64);
+    let requests: usize = cli_arg("--requests", 20_000);
+    let concurrency: usize = cli_arg("--concurrency", 64);
     let nats = NatsServer::start().await;
     let ingest = Arc::new(TestIngest::start(ingest_config(&nats.url())).await);
     ingest.put_site(&site_json("acme")).await;

@@ -11,16 +11,7 @@ use spool_integration_tests::nats_server::NatsServer;
 use spool_integration_tests::process::ServiceProcess;
 use spool_integration_tests::receiver::TestReceiver;
 use spool_integration_tests::webhook::Webhook;
-use spool_integration_tests::{site_json, write_sites_file};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use spool_integration_tests::{cli_arg, site_json, write_sites_file};
 
 /// Publishes `count` webhooks with 32 concurrent senders; returns their seqs.
 async fn publish(ingest: &str, prefix: &str, count: usize) -> Vec<u64> {
@@ -97,7 +88,7 @@ async fn run(label: &str, events: usize, extra_env: &[(&str, String)]) {
 
 #[tokio::main]
 async fn main() {
-    let events = arg("--events", 5000);
+    let events: usize = cli_arg("--events", 5000);
     run("coalescing 100 ms / 500", events, &[]).await;
     run(
         "coalescing off",

@@ -136,3 +136,13 @@ pub fn write_sites_file(dir: &std::path::Path, sites: &[serde_json::Value]) -> s
         .expect("write sites file");
     path
 }
+
+/// The value after `name` on the command line, parsed (for the load examples).
+pub fn cli_arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -59,14 +59,7 @@ impl Application {
     pub async fn run(self) -> anyhow::Result<()> {
         let shutdown = self.platform.shutdown.clone();
         let grace = self.platform.config.shutdown_grace;
-        let server = http::serve(self.listener, self.router, shutdown.clone());
-        tokio::pin!(server);
-        tokio::select! {
-            result = &mut server => result?,
-            _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(?grace, "in-flight requests still open after the grace period; exiting");
-            }
-        }
+        http::serve_with_grace(self.listener, self.router, shutdown, grace).await?;
         if let Err(e) = self.platform.client.flush().await {
             tracing::warn!(error = %e, "flushing NATS on shutdown failed");
         }

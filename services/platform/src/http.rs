@@ -222,6 +222,24 @@ pub async fn serve(
     Ok(())
 }
 
+/// [`serve`] until `shutdown`, then waits at most `grace` for open connections to finish.
+pub async fn serve_with_grace(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    grace: std::time::Duration,
+) -> std::io::Result<()> {
+    let server = serve(listener, router, shutdown.clone());
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "connections still open after the grace period; exiting");
+            Ok(())
+        }
+    }
+}
+
 /// Adds the JSON 404/405 answers and the operational routes to a service's router.
 pub fn finish_router(router: Router, readiness: Readiness) -> Router {
     router
