@@ -110,7 +110,7 @@ impl TestService {
         run: impl Future<Output = anyhow::Result<()>> + Send + 'static,
         shutdown: CancellationToken,
     ) -> TestService {
-        spool_platform::telemetry::init("text", "error");
+        spool_platform::telemetry::init("text", "error", "spool-tests").shutdown();
         TestService {
             base_url: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),

@@ -5,10 +5,13 @@ use spool_platform::shutdown::{cancel_on_signal, CancellationToken};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = DeliveryConfig::parse();
-    spool_platform::telemetry::init(&config.common.log_format, "info");
+    let telemetry =
+        spool_platform::telemetry::init(&config.common.log_format, "info", "spool-delivery");
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let app = Application::build(config, shutdown).await?;
     tracing::info!(port = app.port(), "spool-delivery listening");
-    app.run().await
+    let result = app.run().await;
+    telemetry.shutdown();
+    result
 }

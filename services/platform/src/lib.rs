@@ -11,6 +11,7 @@ pub mod nats;
 pub mod registry;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 
 mod platform;
 
