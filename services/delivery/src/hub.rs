@@ -10,7 +10,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use spool_platform::nats::Disconnects;
-use spool_proto::names::{EVENTS_STREAM, EVENTS_SUBJECTS};
+use spool_platform::trace;
+use spool_proto::names::{EVENTS_STREAM, EVENTS_SUBJECTS, MSG_ID_HEADER};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -183,6 +184,20 @@ async fn follow(js: &jetstream::Context, hub: &Hub) -> anyhow::Result<()> {
         if seq <= hub.last_seq() {
             continue;
         }
+        // One consumer span per event and process (not per browser): the fan-out.
+        let span = tracing::info_span!(
+            "process",
+            otel.name = "process spool.events",
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = %message.subject,
+            messaging.message.id = message.headers.as_ref().and_then(|h| h.get(MSG_ID_HEADER)).map(|v| v.as_str()),
+            spool.event.seq = seq,
+            trace_id = tracing::field::Empty,
+        );
+        trace::adopt(&span, trace::from_nats(message.headers.as_ref()));
+        let _entered = span.enter();
         let event = match FeedEvent::from_stored(seq, &message.payload) {
             Ok(event) => Some(Arc::new(event)),
             Err(e) => {

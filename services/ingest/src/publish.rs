@@ -5,8 +5,10 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use spool_platform::trace;
 use spool_proto::names::{event_subject, msg_id, MSG_ID_HEADER};
 use spool_proto::Event;
+use tracing::Instrument as _;
 
 /// What JetStream answered: where the event is, and whether it was already there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,23 +50,43 @@ impl Publisher {
 
     /// Publishes with `Nats-Msg-Id` = site + webhook id, so JetStream de-duplicates a
     /// repeat within the duplicate window and answers it with the original sequence.
-    /// `trace_headers` (W3C `traceparent`/`tracestate`) travel with the message.
+    /// The message carries the trace context of a producer span (a child of the current
+    /// span); without a trace exporter, the caller's `incoming` trace headers, unchanged.
     pub async fn publish(
         &self,
         event: &Event,
-        trace_headers: &[(&'static str, String)],
+        incoming: &[(&'static str, String)],
     ) -> Result<Published, PublishError> {
         // Fail fast: while disconnected the client would only queue the write and time out.
         if self.client.connection_state() != async_nats::connection::State::Connected {
             return Err(PublishError::Disconnected);
         }
+        let subject = event_subject(&event.site, &event.collection);
+        let id = msg_id(&event.site, &event.id);
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = %format!("send {subject}"),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.destination.name = %subject,
+            messaging.message.id = %id,
+            spool.site = %event.site,
+            spool.event.seq = tracing::field::Empty,
+        );
         let mut headers = HeaderMap::new();
-        headers.insert(MSG_ID_HEADER, msg_id(&event.site, &event.id).as_str());
-        for (name, value) in trace_headers {
-            headers.insert(*name, value.as_str());
+        headers.insert(MSG_ID_HEADER, id.as_str());
+        let produced = trace::headers_of(&span);
+        if produced.is_empty() {
+            for (name, value) in incoming {
+                headers.insert(*name, value.as_str());
+            }
+        } else {
+            for (name, value) in &produced {
+                headers.insert(name.as_str(), value.as_str());
+            }
         }
         let payload = Bytes::from(serde_json::to_vec(event)?);
-        let subject = event_subject(&event.site, &event.collection);
         let started = Instant::now();
         let write = async {
             let ack = self
@@ -74,8 +96,10 @@ impl Publisher {
             Ok::<_, PublishError>(ack.await?)
         };
         let ack = tokio::time::timeout(self.timeout, write)
+            .instrument(span.clone())
             .await
             .map_err(|_| PublishError::TimedOut(self.timeout))??;
+        span.record("spool.event.seq", ack.sequence);
         metrics::histogram!("spool_ingest_publish_duration_seconds").record(started.elapsed());
         Ok(Published {
             seq: ack.sequence,

@@ -240,9 +240,11 @@ pub async fn serve_with_grace(
     }
 }
 
-/// Adds the JSON 404/405 answers and the operational routes to a service's router.
+/// Adds the server span and the request metric to a service's API routes, then the JSON
+/// 404/405 answers and the (untraced) operational routes.
 pub fn finish_router(router: Router, readiness: Readiness) -> Router {
     router
+        .route_layer(axum::middleware::from_fn(trace_request))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz).with_state(readiness))
         .route("/metrics", get(metrics))
@@ -254,6 +256,45 @@ pub fn finish_router(router: Router, readiness: Readiness) -> Router {
                 "this endpoint does not accept that method",
             )
         })
+}
+
+/// A server span per API request (OpenTelemetry HTTP semantic conventions), a child of the
+/// caller's `traceparent`, and `http_server_request_duration_seconds`.
+async fn trace_request(
+    matched: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use tracing::Instrument as _;
+    let route = matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = request.method().to_string();
+    let span = tracing::info_span!(
+        "http request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = %route,
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    crate::trace::adopt(&span, crate::trace::from_http(request.headers()));
+    let started = std::time::Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
+    metrics::histogram!(
+        "http_server_request_duration_seconds",
+        "http_request_method" => method,
+        "http_route" => route,
+        "http_response_status_code" => status.to_string(),
+    )
+    .record(started.elapsed());
+    response
 }
 
 async fn healthz() -> impl IntoResponse {

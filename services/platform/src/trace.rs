@@ -3,7 +3,7 @@
 //! semantic conventions for HTTP and messaging (`otel.kind`, `messaging.*`, `http.*`).
 
 use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::Context;
+pub use opentelemetry::Context;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 struct HttpHeaders<'a>(&'a axum::http::HeaderMap);
@@ -72,5 +72,19 @@ pub fn adopt(span: &tracing::Span, parent: Context) {
     };
     if trace_id != opentelemetry::trace::TraceId::INVALID {
         span.record("trace_id", tracing::field::display(trace_id));
+    }
+}
+
+/// The OpenTelemetry context of `span` (to parent work that runs elsewhere).
+pub fn context_of(span: &tracing::Span) -> Context {
+    span.context()
+}
+
+/// Links `span` to another trace (a call that merges several changes).
+pub fn link(span: &tracing::Span, other: &Context) {
+    use opentelemetry::trace::TraceContextExt as _;
+    let span_context = other.span().span_context().clone();
+    if span_context.is_valid() {
+        span.add_link(span_context);
     }
 }

@@ -9,12 +9,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
-use spool_platform::Platform;
+use spool_platform::{trace, Platform};
+use spool_proto::names::MSG_ID_HEADER;
 use spool_proto::revalidate::RevalidateBody;
 use spool_proto::site::RevalidateTarget;
 use spool_proto::{Event, SiteId};
 use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::dispatch::{call_id, CallResult, Dispatcher};
 use crate::dlq::{self, DeadLetter};
@@ -59,6 +62,8 @@ struct Pending {
     remaining: AtomicUsize,
     /// The longest retry delay any of its jobs asked for.
     retry: Mutex<Option<Duration>>,
+    /// Cancelled once every job is settled (ends the keep-alive).
+    settled: CancellationToken,
 }
 
 impl Pending {
@@ -70,6 +75,7 @@ impl Pending {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
+        self.settled.cancel();
         let retry = *self.retry.lock().unwrap_or_else(PoisonError::into_inner);
         let result = match retry {
             Some(delay) => {
@@ -85,12 +91,34 @@ impl Pending {
     }
 }
 
+impl Pending {
+    /// Tells JetStream the event is still being worked on (`+WPI`) every `every` until it
+    /// is settled: while it waits for a coalescing window, a call slot or a slow call, no
+    /// other replica gets it and the wait doesn't count as an attempt.
+    async fn keep_alive(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                _ = self.settled.cancelled() => return,
+                _ = tick.tick() => {
+                    if let Err(e) = self.message.ack_with(AckKind::Progress).await {
+                        tracing::debug!(error = %e, "progress for an event failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
 struct Job {
     event: Arc<Event>,
     target: RevalidateTarget,
     /// 1 for the first delivery of the event, 2 for the first redelivery, ...
     attempt: u64,
+    /// The `traceparent` the event was published with (used when no exporter runs here).
     traceparent: Option<String>,
+    /// The consumer span's context: the parent of the call's client span.
+    trace_context: trace::Context,
     pending: Arc<Pending>,
 }
 
@@ -142,6 +170,21 @@ impl Worker {
         };
         event.seq = seq;
         metrics::counter!("spool_revalidator_events_total").increment(1);
+        let span = tracing::info_span!(
+            "process",
+            otel.name = "process spool.events",
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = %message.subject,
+            messaging.consumer.group.name = "spool-revalidator",
+            messaging.message.id = message.headers.as_ref().and_then(|h| h.get(MSG_ID_HEADER)).map(|v| v.as_str()),
+            spool.event.seq = seq,
+            spool.attempt = attempt,
+            trace_id = tracing::field::Empty,
+        );
+        trace::adopt(&span, trace::from_nats(message.headers.as_ref()));
+        let trace_context = trace::context_of(&span);
         let Some(site) = self.platform.registry.get(event.site.as_str()) else {
             if self.platform.readiness.registry_loaded() {
                 // The site is gone: nobody to call.
@@ -175,7 +218,9 @@ impl Worker {
             message,
             remaining: AtomicUsize::new(targets.len()),
             retry: Mutex::new(None),
+            settled: CancellationToken::new(),
         });
+        tokio::spawn(pending.clone().keep_alive(self.settings.ack_wait / 3));
         let event = Arc::new(event);
         for target in targets {
             let job = Job {
@@ -183,6 +228,7 @@ impl Worker {
                 target,
                 attempt,
                 traceparent: traceparent.clone(),
+                trace_context: trace_context.clone(),
                 pending: pending.clone(),
             };
             self.enqueue(job);
@@ -246,23 +292,40 @@ impl Worker {
         let body = RevalidateBody::merge(&site, batch.iter().map(|job| job.event.as_ref()));
         metrics::histogram!("spool_revalidator_events_per_call").record(batch.len() as f64);
 
-        // Keep the events ours while a slow call runs: progress extends their ack wait.
-        let call = self
+        // A client span per call, a child of the first event's consumer span, linked to the
+        // others; its context is the traceparent the site receives.
+        let span = tracing::info_span!(
+            "revalidate",
+            otel.name = "POST",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = "POST",
+            url.full = %target.url,
+            http.response.status_code = tracing::field::Empty,
+            spool.site = %site,
+            spool.events = batch.len(),
+        );
+        trace::adopt(&span, batch[0].trace_context.clone());
+        for job in &batch[1..] {
+            trace::link(&span, &job.trace_context);
+        }
+        let traceparent = trace::headers_of(&span)
+            .into_iter()
+            .find(|(name, _)| name == "traceparent")
+            .map(|(_, value)| value)
+            .or_else(|| batch[0].traceparent.clone());
+
+        let result: CallResult = self
             .dispatcher
-            .call(&target, &id, &body, batch[0].traceparent.as_deref());
-        tokio::pin!(call);
-        let mut progress = tokio::time::interval(self.settings.ack_wait / 3);
-        progress.tick().await;
-        let result: CallResult = loop {
-            tokio::select! {
-                result = &mut call => break result,
-                _ = progress.tick() => {
-                    for job in &batch {
-                        let _ = job.pending.message.ack_with(AckKind::Progress).await;
-                    }
-                }
-            }
-        };
+            .call(&target, &id, &body, traceparent.as_deref())
+            .instrument(span.clone())
+            .await;
+        if let Some(status) = result.status {
+            span.record("http.response.status_code", status);
+        }
+        if result.outcome != Outcome::Delivered {
+            span.record("otel.status_code", "ERROR");
+        }
         for job in &batch {
             let retry = self.settle(job, &id, &result).await;
             job.pending.complete(retry).await;
