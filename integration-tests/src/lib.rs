@@ -4,6 +4,7 @@
 //! deadline ([`eventually`]).
 
 pub mod nats_server;
+pub mod otlp;
 pub mod process;
 pub mod receiver;
 pub mod services;

@@ -69,6 +69,14 @@ impl ServiceProcess {
             .status();
     }
 
+    /// Kills the process with SIGKILL (a crash: no shutdown code runs) and waits for it.
+    pub async fn kill9(&mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.child.id().to_string()])
+            .status();
+        self.wait_exit(Duration::from_secs(10)).await
+    }
+
     /// Waits for the process to exit; panics after `within`.
     pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let started = Instant::now();

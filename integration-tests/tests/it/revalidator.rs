@@ -1,4 +1,5 @@
-//! The revalidator against real HTTP targets started by the test.
+//! The revalidator against real HTTP targets started by the test: retries, dead letters.
+//! The other revalidator tests (`revalidator_*.rs`) use the [`Setup`] and helpers here.
 
 use std::time::Duration;
 
@@ -6,9 +7,12 @@ use spool_integration_tests::nats_server::NatsServer;
 use spool_integration_tests::receiver::{Reply, TestReceiver};
 use spool_integration_tests::services::{ingest_config, revalidator_config, TestService};
 use spool_integration_tests::webhook::Webhook;
-use spool_integration_tests::{site_json, TEST_SECRET};
+use spool_integration_tests::{eventually, site_json, ADMIN_TOKEN, TEST_SECRET};
+use spool_revalidator::RevalidatorConfig;
 
-const T: Duration = Duration::from_secs(15);
+pub const T: Duration = Duration::from_secs(15);
+/// The durable consumer every replica shares (the default `SPOOL_CONSUMER_NAME`).
+pub const CONSUMER: &str = "spool-revalidator";
 
 pub struct Setup {
     pub nats: NatsServer,
@@ -16,15 +20,76 @@ pub struct Setup {
     pub revalidator: TestService,
 }
 
+async fn consumer_info(
+    js: &async_nats::jetstream::Context,
+) -> Option<async_nats::jetstream::consumer::Info> {
+    let stream = js.get_stream("SPOOL_EVENTS").await.ok()?;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(CONSUMER).await.ok()?;
+    consumer.info().await.ok().cloned()
+}
+
+/// Waits until the revalidator's durable consumer exists. It is created from new events
+/// on, and `/readyz` does not wait for it: an event published before it exists is never
+/// revalidated, so tests publish only after this.
+pub async fn wait_consumer(nats_url: &str) {
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.unwrap());
+    eventually("the revalidation consumer", T, || consumer_info(&js)).await;
+}
+
+/// Waits until the revalidator's consumer has nothing pending or unacknowledged: every
+/// event so far was delivered or dead-lettered.
+pub async fn wait_settled(nats_url: &str) {
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.unwrap());
+    eventually("the revalidator to settle", T, || async {
+        let info = consumer_info(&js).await?;
+        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+    })
+    .await;
+}
+
+/// `GET /v1/admin/dlq?site=acme` with the admin token: the raw text and the records.
+pub async fn dead_letters(
+    http: &reqwest::Client,
+    base_url: &str,
+) -> (String, Vec<serde_json::Value>) {
+    let r = http
+        .get(format!("{base_url}/v1/admin/dlq?site=acme"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("GET /v1/admin/dlq");
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("DLQ JSON");
+    let records = json["dead_letters"]
+        .as_array()
+        .expect("dead_letters")
+        .clone();
+    (text, records)
+}
+
 impl Setup {
     /// NATS, an ingest, a revalidator, and site `acme` calling `targets`.
     pub async fn start(targets: serde_json::Value) -> Setup {
+        Setup::start_with(targets, |_| {}).await
+    }
+
+    /// [`Setup::start`] with the test revalidator configuration changed by `configure`.
+    pub async fn start_with(
+        targets: serde_json::Value,
+        configure: impl FnOnce(&mut RevalidatorConfig),
+    ) -> Setup {
         let nats = NatsServer::start().await;
         let ingest = TestService::start(ingest_config(&nats.url())).await;
         let mut site = site_json("acme");
         site["revalidate"] = targets;
         ingest.put_site(&site).await;
-        let revalidator = TestService::start_revalidator(revalidator_config(&nats.url())).await;
+        let mut config = revalidator_config(&nats.url());
+        configure(&mut config);
+        let revalidator = TestService::start_revalidator(config).await;
+        wait_consumer(&nats.url()).await;
         Setup {
             nats,
             ingest,
@@ -32,19 +97,13 @@ impl Setup {
         }
     }
 
-    /// Waits until the revalidator's consumer has nothing pending or unacknowledged: every
-    /// event so far was delivered or dead-lettered.
     pub async fn wait_settled(&self) {
-        let client = async_nats::connect(self.nats.url()).await.unwrap();
-        let js = async_nats::jetstream::new(client);
-        spool_integration_tests::eventually("the revalidator to settle", T, || async {
-            let stream = js.get_stream("SPOOL_EVENTS").await.ok()?;
-            let mut consumer: async_nats::jetstream::consumer::PullConsumer =
-                stream.get_consumer("spool-revalidator").await.ok()?;
-            let info = consumer.info().await.ok()?;
-            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
-        })
-        .await;
+        wait_settled(&self.nats.url()).await;
+    }
+
+    /// The dead letters of site `acme`, from the revalidator's admin API.
+    pub async fn dead_letters(&self) -> (String, Vec<serde_json::Value>) {
+        dead_letters(&self.revalidator.http, &self.revalidator.base_url).await
     }
 
     pub async fn publish(&self, id: &str, collection: &str) -> u64 {
@@ -82,4 +141,79 @@ async fn a_target_failing_twice_gets_exactly_three_signed_calls_with_one_webhook
     }
     // Backoff: the second call waited at least the first delay (100 ms - 20 % jitter).
     assert!(calls[1].at - calls[0].at >= Duration::from_millis(80));
+}
+
+#[tokio::test]
+async fn a_400_is_dead_lettered_at_once_without_the_secret() {
+    let target = TestReceiver::start([Reply::Status(400)]).await;
+    let setup = Setup::start(serde_json::json!([target.target(None)])).await;
+    let seq = setup.publish("msg_1", "blog").await;
+    target.wait_calls(1, T).await;
+    setup.wait_settled().await;
+    assert_eq!(target.calls().len(), 1, "a 400 is not retried");
+
+    let (text, records) = setup.dead_letters().await;
+    assert_eq!(records.len(), 1, "{text}");
+    let record = &records[0];
+    assert_eq!(record["reason"], "permanent_status", "{record}");
+    assert_eq!(record["last_status"], 400, "{record}");
+    assert_eq!(record["attempts"], 1, "{record}");
+    assert_eq!(record["site"], "acme", "{record}");
+    assert_eq!(record["url"], target.url.as_str(), "{record}");
+    assert_eq!(record["event"]["seq"], seq, "{record}");
+    assert_eq!(record["event"]["id"], "msg_1", "{record}");
+    assert_eq!(
+        record["webhook_id"],
+        target.calls()[0].webhook_id(),
+        "{record}"
+    );
+    assert!(record["dlq_seq"].as_u64().is_some(), "{record}");
+    // Neither the secret nor its key material is anywhere in the answer.
+    let key = TEST_SECRET.trim_start_matches("whsec_");
+    assert!(!text.contains(key), "the target's secret leaked: {text}");
+}
+
+#[tokio::test]
+async fn exhausted_retries_are_dead_lettered_after_schedule_plus_one_attempts() {
+    // The test schedule has 3 delays: 4 attempts, then the dead letter.
+    let target = TestReceiver::start(std::iter::repeat_n(Reply::Status(500), 10)).await;
+    let setup = Setup::start(serde_json::json!([target.target(None)])).await;
+    let seq = setup.publish("msg_1", "blog").await;
+    target.wait_calls(4, T).await;
+    setup.wait_settled().await;
+    let calls = target.calls();
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    let id = calls[0].webhook_id();
+    assert!(calls
+        .iter()
+        .all(|c| c.webhook_id() == id && c.seqs() == [seq]));
+
+    let (text, records) = setup.dead_letters().await;
+    assert_eq!(records.len(), 1, "{text}");
+    let record = &records[0];
+    assert_eq!(record["reason"], "retries_exhausted", "{record}");
+    assert_eq!(record["attempts"], 4, "{record}");
+    assert_eq!(record["last_status"], 500, "{record}");
+    assert_eq!(record["event"]["seq"], seq, "{record}");
+    assert_eq!(record["webhook_id"], id, "{record}");
+}
+
+#[tokio::test]
+async fn retry_after_of_a_429_is_honoured() {
+    let target = TestReceiver::start([Reply::RetryAfter(429, 1)]).await;
+    let setup = Setup::start(serde_json::json!([target.target(None)])).await;
+    let seq = setup.publish("msg_1", "blog").await;
+    let calls = target.wait_calls(2, T).await;
+    setup.wait_settled().await;
+    assert_eq!(target.calls().len(), 2);
+    let waited = calls[1].at - calls[0].at;
+    println!("second call {waited:?} after the 429");
+    // The schedule's own first delay is 100 ms (± 20 %): only Retry-After explains a second.
+    assert!(
+        waited >= Duration::from_millis(950),
+        "the retry came {waited:?} after a 429 with Retry-After: 1"
+    );
+    assert_eq!(calls[1].webhook_id(), calls[0].webhook_id());
+    assert_eq!(calls[1].seqs(), [seq]);
+    assert!(setup.dead_letters().await.1.is_empty());
 }

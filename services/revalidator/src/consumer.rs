@@ -1,6 +1,7 @@
 //! The durable pull consumer on `SPOOL_EVENTS` that every replica shares: JetStream hands
 //! each event to one replica at a time, and hands it again if it is not acknowledged.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,21 +37,24 @@ pub fn consumer_config(s: &ConsumerSettings) -> consumer::pull::Config {
     }
 }
 
-/// Consumes until `shutdown`, starting over after any failure or lost connection.
+/// Consumes until `shutdown`, starting over after any failure or lost connection. `ready`
+/// is true while the durable exists and is being pulled from.
 pub async fn run(
     js: jetstream::Context,
     settings: ConsumerSettings,
     worker: Arc<Worker>,
     disconnects: Disconnects,
+    ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let result = tokio::select! {
-            r = consume(&js, &settings, &worker) => r,
+            r = consume(&js, &settings, &worker, &ready) => r,
             _ = disconnects.next() => Err(anyhow::anyhow!("NATS disconnected")),
             _ = shutdown.cancelled() => return,
         };
+        ready.store(false, Ordering::Release);
         if let Err(e) = result {
             tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "revalidation consumer interrupted");
         }
@@ -66,6 +70,7 @@ async fn consume(
     js: &jetstream::Context,
     settings: &ConsumerSettings,
     worker: &Arc<Worker>,
+    ready: &AtomicBool,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let stream = js
@@ -78,6 +83,7 @@ async fn consume(
         .context("creating the durable consumer")?;
     tracing::info!(name = %settings.name, "revalidation consumer ready");
     let mut messages = consumer.messages().await.context("pulling events")?;
+    ready.store(true, Ordering::Release);
     while let Some(message) = messages.next().await {
         worker.handle(message.context("pulling events")?).await;
     }

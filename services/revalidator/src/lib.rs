@@ -11,6 +11,7 @@ pub mod retry;
 pub mod routes;
 pub mod worker;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use spool_platform::http;
@@ -60,11 +61,17 @@ impl Application {
             ack_wait: config.ack_wait,
             max_ack_pending: config.max_ack_pending,
         };
+        let consuming = Arc::new(AtomicBool::new(false));
+        let ready = consuming.clone();
+        platform
+            .readiness
+            .add_check("consumer_not_ready", move || ready.load(Ordering::Acquire));
         tokio::spawn(consumer::run(
             platform.jetstream.clone(),
             consumer,
             worker.clone(),
             platform.disconnects.clone(),
+            consuming,
             shutdown.clone(),
         ));
         tokio::spawn(consumer::report_pending(
