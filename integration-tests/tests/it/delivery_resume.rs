@@ -182,7 +182,7 @@ async fn a_client_resumes_after_the_delivery_process_restarts() {
         "the stream ends with the process"
     );
     cluster.writer(6).await.unwrap();
-    // A new process (empty window) serves the resume from JetStream, then live.
+    // A new process (its window filled from the stream at start) serves the resume, then live.
     cluster
         .replicas
         .push(TestService::start_delivery(delivery_config(&cluster.nats.url())).await);

@@ -3,7 +3,7 @@
 //! Browsers never get a JetStream consumer of their own.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -20,7 +20,12 @@ use crate::window::{Filter, Window};
 
 pub struct Hub {
     state: Mutex<State>,
+    /// The feed has started (the window's starting point is set).
+    started: AtomicBool,
+    /// The feed has caught up with the stream as it was at start: resumes are served.
     ready: AtomicBool,
+    /// The stream's last sequence when the feed started.
+    ready_at: AtomicU64,
     window_capacity: usize,
     window_bytes: usize,
     channel_capacity: usize,
@@ -51,7 +56,9 @@ impl Hub {
                 last_seq: 0,
                 sites: HashMap::new(),
             }),
+            started: AtomicBool::new(false),
             ready: AtomicBool::new(false),
+            ready_at: AtomicU64::new(0),
             window_capacity,
             window_bytes,
             channel_capacity: channel_capacity.max(1),
@@ -62,12 +69,24 @@ impl Hub {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The feed is live: it started after `last_seq`.
-    fn start(&self, last_seq: u64) {
+    /// The feed starts after `from` and is ready once it has read up to `ready_at` (the
+    /// stream's end when it started): the window is filled with the recent past first, so
+    /// that browsers resuming after a deploy are served from memory, not by JetStream.
+    fn start(&self, from: u64, ready_at: u64) {
         let mut state = self.state();
-        state.window = Window::new(self.window_capacity, self.window_bytes, last_seq);
-        state.last_seq = last_seq;
-        self.ready.store(true, Ordering::Release);
+        state.window = Window::new(self.window_capacity, self.window_bytes, from);
+        state.last_seq = from;
+        self.ready_at.store(ready_at, Ordering::Release);
+        self.started.store(true, Ordering::Release);
+        if from >= ready_at {
+            self.ready.store(true, Ordering::Release);
+        }
+    }
+
+    fn caught_up(&self) {
+        if !self.ready.swap(true, Ordering::AcqRel) {
+            tracing::info!(last_seq = self.last_seq(), "event feed caught up");
+        }
     }
 
     pub fn is_ready(&self) -> bool {
@@ -81,6 +100,9 @@ impl Hub {
     fn publish(&self, seq: u64, event: Option<Arc<FeedEvent>>) {
         let mut state = self.state();
         state.last_seq = seq;
+        if seq >= self.ready_at.load(Ordering::Acquire) {
+            self.caught_up();
+        }
         let Some(event) = event else { return };
         state.window.push(event.clone());
         if let Some(tx) = state.sites.get(&event.site) {
@@ -154,15 +176,20 @@ async fn follow(js: &jetstream::Context, hub: &Hub) -> anyhow::Result<()> {
         .get_stream(EVENTS_STREAM)
         .await
         .context("opening SPOOL_EVENTS")?;
-    if !hub.is_ready() {
-        let last = stream
+    if !hub.started.load(Ordering::Acquire) {
+        let state = stream
             .info()
             .await
             .context("SPOOL_EVENTS info")?
             .state
-            .last_sequence;
-        hub.start(last);
-        tracing::info!(last_seq = last, "event feed started");
+            .clone();
+        let window = u64::try_from(hub.window_capacity).unwrap_or(u64::MAX);
+        let from = state
+            .last_sequence
+            .saturating_sub(window)
+            .max(state.first_sequence.saturating_sub(1));
+        hub.start(from, state.last_sequence);
+        tracing::info!(from, last_seq = state.last_sequence, "event feed started");
     }
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
@@ -177,10 +204,8 @@ async fn follow(js: &jetstream::Context, hub: &Hub) -> anyhow::Result<()> {
     let mut messages = consumer.messages().await.context("reading the feed")?;
     while let Some(message) = messages.next().await {
         let message = message.context("feed message")?;
-        let seq = message
-            .info()
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .stream_sequence;
+        let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (seq, pending) = (info.stream_sequence, info.pending);
         if seq <= hub.last_seq() {
             continue;
         }
@@ -206,6 +231,11 @@ async fn follow(js: &jetstream::Context, hub: &Hub) -> anyhow::Result<()> {
             }
         };
         hub.publish(seq, event);
+        if pending == 0 {
+            // Nothing more in the stream right now: caught up even if the event at the
+            // starting end was removed meanwhile.
+            hub.caught_up();
+        }
         metrics::counter!("spool_delivery_feed_events_total").increment(1);
     }
     anyhow::bail!("the feed consumer ended")
@@ -227,7 +257,7 @@ mod tests {
     #[test]
     fn a_subscription_sees_exactly_what_follows_its_last_seq() {
         let hub = Hub::new(100, usize::MAX, 16);
-        hub.start(10);
+        hub.start(10, 10);
         hub.publish(11, Some(event(11, "a")));
         let mut sub = hub.subscribe("a");
         assert_eq!(sub.last_seq, 11);
@@ -253,9 +283,32 @@ mod tests {
     }
 
     #[test]
+    fn ready_once_the_backfill_reaches_the_end_seen_at_start() {
+        let hub = Hub::new(100, usize::MAX, 4);
+        hub.start(5, 8);
+        assert!(!hub.is_ready());
+        hub.publish(6, Some(event(6, "a")));
+        hub.publish(7, None);
+        assert!(!hub.is_ready());
+        hub.publish(8, Some(event(8, "a")));
+        assert!(hub.is_ready());
+        let a = Filter {
+            site: "a".into(),
+            collections: None,
+        };
+        let recent: Vec<u64> = hub
+            .recent(5, &a, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(recent, [6, 8], "the backfilled past serves resumes");
+    }
+
+    #[test]
     fn a_slow_reader_lags_instead_of_growing_the_buffer() {
         let hub = Hub::new(100, usize::MAX, 4);
-        hub.start(0);
+        hub.start(0, 0);
         let mut sub = hub.subscribe("a");
         for seq in 1..=10 {
             hub.publish(seq, Some(event(seq, "a")));
