@@ -23,7 +23,9 @@ FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
 COPY . .
 # The cache mounts keep the registry and target/ between builds (BuildKit); the binaries are
-# copied out of the cached target/ in the same step.
+# copied out of the cached target/ in the same step. Debug info is stripped (about 80 MB
+# down to 16 MB per binary); symbols stay, so backtraces still name the functions.
+ENV CARGO_PROFILE_RELEASE_STRIP=debuginfo
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked \

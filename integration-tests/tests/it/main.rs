@@ -7,6 +7,7 @@ mod delivery_reset;
 mod delivery_resume;
 mod delivery_slow;
 mod delivery_stream;
+mod deploy;
 mod nats_outage;
 mod provisioning;
 mod revalidator;

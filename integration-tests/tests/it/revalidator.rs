@@ -30,8 +30,9 @@ async fn consumer_info(
 }
 
 /// Waits until the revalidator's durable consumer exists. It is created from new events
-/// on, and `/readyz` does not wait for it: an event published before it exists is never
-/// revalidated, so tests publish only after this.
+/// on: an event published before it exists is never revalidated. `/readyz` waits for it
+/// too; this also covers a revalidator started as a process and tests that don't wait
+/// for `/readyz`.
 pub async fn wait_consumer(nats_url: &str) {
     let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.unwrap());
     eventually("the revalidation consumer", T, || consumer_info(&js)).await;

@@ -99,7 +99,6 @@ async fn replaying_for_a_target_the_site_no_longer_has_is_a_409() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: a non-numeric `limit` or `{seq}` is refused by axum's extractors: text/plain 400, before the admin token is checked"]
 async fn bad_parameters_of_the_dlq_admin_api_are_json_400s() {
     let setup = Setup::start(serde_json::json!([])).await;
     let http = &setup.revalidator.http;

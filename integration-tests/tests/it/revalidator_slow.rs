@@ -1,4 +1,5 @@
-//! A slow target: events queued behind its calls stay with the replica that holds them.
+//! A slow target: events queued behind its calls (for a coalescing window or a call slot)
+//! stay with the replica that holds them: no redelivery meanwhile, and the wait is no attempt.
 
 use std::time::Duration;
 

@@ -128,3 +128,27 @@ async fn delivery_sigterm_ends_open_streams_and_exits_zero() {
     assert_eq!(code, 200);
     assert_eq!(page["events"], serde_json::json!([]));
 }
+
+#[tokio::test]
+async fn every_service_exits_on_sigterm_while_nats_is_down() {
+    let mut nats = NatsServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sites = write_sites_file(dir.path(), &[site_json("acme")]);
+    let env = [
+        ("NATS_URL", nats.url()),
+        ("SPOOL_SITES_FILE", sites.display().to_string()),
+        ("SPOOL_SHUTDOWN_GRACE", "5s".to_string()),
+    ];
+    let mut services = Vec::new();
+    for name in ["spool-ingest", "spool-delivery", "spool-revalidator"] {
+        services.push((name, ServiceProcess::start(name, &env).await));
+    }
+    nats.stop().await;
+    for (_, service) in &services {
+        service.sigterm();
+    }
+    for (name, service) in &mut services {
+        let status = service.wait_exit(Duration::from_secs(12)).await;
+        assert!(status.success(), "{name} exited with {status}");
+    }
+}

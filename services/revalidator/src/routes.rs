@@ -47,10 +47,8 @@ pub fn router(state: AppState) -> Router {
     spool_platform::http::finish_router(api, readiness)
 }
 
-#[derive(serde::Deserialize)]
-pub struct ListQuery {
-    site: Option<String>,
-    limit: Option<usize>,
+fn bad_parameter(message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", message)
 }
 
 fn unavailable(e: anyhow::Error) -> ApiError {
@@ -62,20 +60,35 @@ fn unavailable(e: anyhow::Error) -> ApiError {
     .with_retry_after(2)
 }
 
+/// Parameters are read after the admin check, and every bad one is a JSON 400.
 async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(query): Query<ListQuery>,
+    Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     check_admin(state.admin_token.as_deref(), &headers)?;
-    let site = query.site.map(SiteId::parse).transpose().map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_parameter",
-            format!("site: {e}"),
-        )
-    })?;
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let site = param("site")
+        .map(SiteId::parse)
+        .transpose()
+        .map_err(|e| bad_parameter(format!("site: {e}")))?;
+    let limit = match param("limit") {
+        None => 100,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                bad_parameter(format!(
+                    "limit: {raw:?} is not a whole number from 1 to 1000"
+                ))
+            })?,
+    };
     let records = dlq::list(&state.platform.jetstream, site.as_ref(), limit)
         .await
         .map_err(unavailable)?;
@@ -87,9 +100,12 @@ async fn list(
 async fn replay(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(seq): Path<u64>,
+    Path(seq): Path<String>,
 ) -> Result<Response, ApiError> {
     check_admin(state.admin_token.as_deref(), &headers)?;
+    let seq: u64 = seq
+        .parse()
+        .map_err(|_| bad_parameter(format!("{seq:?} is not a dead-letter sequence number")))?;
     let js = &state.platform.jetstream;
     let stored = dlq::get(js, seq)
         .await

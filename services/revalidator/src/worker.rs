@@ -326,21 +326,29 @@ impl Worker {
         if result.outcome != Outcome::Delivered {
             span.record("otel.status_code", "ERROR");
         }
+        // One jitter draw per call, so that events that failed together come back together
+        // (and are merged into one call again).
+        let unit: f64 = rand::random();
         for job in &batch {
-            let retry = self.settle(job, &id, &result).await;
+            let retry = self.settle(job, &id, &result, unit).await;
             job.pending.complete(retry).await;
         }
     }
 
     /// Decides one job's fate; returns the delay after which its event must come back.
-    async fn settle(&self, job: &Job, id: &str, result: &CallResult) -> Option<Duration> {
+    async fn settle(
+        &self,
+        job: &Job,
+        id: &str,
+        result: &CallResult,
+        unit: f64,
+    ) -> Option<Duration> {
         let reason = match &result.outcome {
             Outcome::Delivered => {
                 self.settle_done(job);
                 return None;
             }
             Outcome::Retryable { retry_after } => {
-                let unit: f64 = rand::random();
                 match self
                     .settings
                     .policy

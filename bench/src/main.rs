@@ -1,0 +1,59 @@
+//! `make bench`: Spool Live measured on this machine, side by side with the bare limit of
+//! the same box (a minimal SSE broadcast server, and raw JetStream publishes), reported as
+//! ratios to that baseline. Results go to `results/` as Markdown, JSON and an SVG plot.
+//!
+//! `spool-bench [--quick] [--runs N] [--out results]`; `spool-bench baseline` is the bare
+//! server (started by the suite as a process of its own).
+
+mod baseline;
+mod report;
+mod scenarios;
+mod sse_load;
+
+use std::time::Duration;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("baseline") {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("listening {}", listener.local_addr()?.port());
+        baseline::serve(listener).await;
+        return Ok(());
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let runs: usize = spool_integration_tests::cli_arg("--runs", if quick { 1 } else { 3 });
+    let out: String = spool_integration_tests::cli_arg("--out", "results".to_string());
+    raise_fd_limit();
+    let plan = if quick {
+        scenarios::Plan::quick()
+    } else {
+        scenarios::Plan::full()
+    };
+    let deadline = if quick {
+        Duration::from_secs(150)
+    } else {
+        Duration::from_secs(3600)
+    };
+    let results = tokio::time::timeout(deadline, scenarios::run_all(&plan, runs))
+        .await
+        .map_err(|_| anyhow::anyhow!("the benchmark did not finish within {deadline:?}"))??;
+    let written = report::write(&out, &plan, runs, &results)?;
+    println!("{}", std::fs::read_to_string(&written.markdown)?);
+    println!(
+        "written: {} {} {}",
+        written.markdown.display(),
+        written.json.display(),
+        written.svg.display()
+    );
+    Ok(())
+}
+
+fn raise_fd_limit() {
+    if let Ok((soft, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        let want = hard.min(1 << 20);
+        if soft < want {
+            let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, want, hard);
+        }
+    }
+}

@@ -1,0 +1,621 @@
+//! The measurements. Every server runs as a process of its own (release binaries); the load
+//! generator is this process. Everything binds to loopback and every step is bounded in time.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use spool_integration_tests::nats_server::NatsServer;
+use spool_integration_tests::process::ServiceProcess;
+use spool_integration_tests::receiver::TestReceiver;
+use spool_integration_tests::webhook::Webhook;
+use spool_integration_tests::{site_json, write_sites_file};
+
+use crate::sse_load::{Options, Streams};
+
+/// What a run measures, and how big.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub quick: bool,
+    pub streams: Vec<usize>,
+    pub rates: Vec<u64>,
+    pub seconds: u64,
+    pub fanout_streams: usize,
+    pub fanout_seconds: u64,
+    pub ingest_requests: usize,
+    pub jetstream_messages: usize,
+    pub resume_clients: usize,
+    pub revalidator_events: usize,
+}
+
+impl Plan {
+    pub fn quick() -> Plan {
+        Plan {
+            quick: true,
+            streams: vec![1000],
+            rates: vec![100],
+            seconds: 3,
+            fanout_streams: 500,
+            fanout_seconds: 2,
+            ingest_requests: 5000,
+            jetstream_messages: 10_000,
+            resume_clients: 1000,
+            revalidator_events: 1000,
+        }
+    }
+
+    pub fn full() -> Plan {
+        Plan {
+            quick: false,
+            streams: vec![1000, 10_000],
+            rates: vec![100, 1000],
+            seconds: 10,
+            fanout_streams: 2000,
+            fanout_seconds: 5,
+            ingest_requests: 50_000,
+            jetstream_messages: 100_000,
+            resume_clients: 10_000,
+            revalidator_events: 20_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub system: &'static str,
+    pub streams: usize,
+    pub rate: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub delivered: u64,
+    pub expected: u64,
+    pub rss_idle_kib_per_stream: f64,
+    pub rss_load_kib: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Run {
+    pub latency: Vec<Latency>,
+    pub fanout_per_s: Vec<(&'static str, f64)>,
+    pub ingest_per_s: f64,
+    pub ingest_p50_ms: f64,
+    pub ingest_p99_ms: f64,
+    pub jetstream_per_s: f64,
+    pub resume_clients: usize,
+    pub resume_seconds: f64,
+    pub resume_missed: u64,
+    pub resume_duplicates: u64,
+    pub revalidator_per_s: f64,
+    pub revalidator_bulk_calls: usize,
+}
+
+const SITE: &str = "bench";
+
+/// A place events are published to and streamed from.
+#[allow(clippy::large_enum_variant)] // two of them per run
+enum System {
+    Spool {
+        nats: NatsServer,
+        ingest: ServiceProcess,
+        delivery: ServiceProcess,
+        env: Vec<(&'static str, String)>,
+        _dir: tempfile::TempDir,
+    },
+    Baseline {
+        child: Child,
+        port: u16,
+    },
+}
+
+impl System {
+    fn name(&self) -> &'static str {
+        match self {
+            System::Spool { .. } => "spool",
+            System::Baseline { .. } => "baseline",
+        }
+    }
+
+    async fn spool() -> anyhow::Result<System> {
+        let nats = NatsServer::start().await;
+        let dir = tempfile::tempdir()?;
+        let mut site = site_json(SITE);
+        site["public"] = true.into();
+        let sites = write_sites_file(dir.path(), &[site]);
+        let env = vec![
+            ("NATS_URL", nats.url()),
+            ("SPOOL_SITES_FILE", sites.display().to_string()),
+            ("RUST_LOG", "warn".to_string()),
+        ];
+        let ingest = ServiceProcess::start("spool-ingest", &env).await;
+        let delivery = ServiceProcess::start("spool-delivery", &env).await;
+        Ok(System::Spool {
+            nats,
+            ingest,
+            delivery,
+            env,
+            _dir: dir,
+        })
+    }
+
+    fn baseline() -> anyhow::Result<System> {
+        use std::io::BufRead as _;
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("baseline")
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("baseline stdout"))?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let port = line.trim().trim_start_matches("listening ").parse()?;
+        Ok(System::Baseline { child, port })
+    }
+
+    fn stream_addr(&self) -> SocketAddr {
+        let port = match self {
+            System::Spool { delivery, .. } => port_of(&delivery.base_url),
+            System::Baseline { port, .. } => *port,
+        };
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn stream_path(&self) -> String {
+        match self {
+            System::Spool { .. } => format!("/v1/sites/{SITE}/events/stream"),
+            System::Baseline { .. } => "/stream".into(),
+        }
+    }
+
+    /// Resident memory of the streaming server, KiB.
+    fn rss_kib(&self) -> u64 {
+        match self {
+            System::Spool { delivery, .. } => delivery.rss_kib(),
+            System::Baseline { child, .. } => rss_of(child.id()),
+        }
+    }
+
+    /// Publishes one event stamped with `sent_us`; true when accepted.
+    async fn publish(&self, http: &reqwest::Client, i: u64, sent_us: u64) -> bool {
+        let body = serde_json::json!({
+            "type": "content.updated", "collection": "blog",
+            "item": { "id": i.to_string(), "slug": format!("p{i}"), "sent_us": sent_us.to_string() },
+        })
+        .to_string();
+        match self {
+            System::Spool { ingest, .. } => {
+                let hook = Webhook::with_body(&format!("b{i}-{sent_us}"), body.into_bytes());
+                hook.send(http, &ingest.base_url, SITE).await.0 == 202
+            }
+            System::Baseline { port, .. } => http
+                .post(format!("http://127.0.0.1:{port}/publish"))
+                .body(body)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 202),
+        }
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        if let System::Baseline { child, .. } = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// Publishes `rate` events per second for `seconds`, each stamped at its send time.
+async fn publish_paced(
+    system: &System,
+    http: &reqwest::Client,
+    rate: u64,
+    seconds: u64,
+    epoch: Instant,
+) -> u64 {
+    let total = rate * seconds;
+    let next = AtomicU64::new(0);
+    let sent = AtomicU64::new(0);
+    let started = tokio::time::Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let senders = (0..32).map(|_| async {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= total {
+                return;
+            }
+            tokio::time::sleep_until(started + interval.mul_f64(i as f64)).await;
+            let stamp = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(0);
+            if system.publish(http, i, stamp).await {
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    futures::future::join_all(senders).await;
+    sent.load(Ordering::Relaxed)
+}
+
+async fn latency(
+    system: &System,
+    streams: usize,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<Latency> {
+    let http = reqwest::Client::new();
+    let epoch = Instant::now();
+    let before = system.rss_kib();
+    let options = Arc::new(Options {
+        addr: system.stream_addr(),
+        path: system.stream_path(),
+        last_ids: None,
+        keep_ids: false,
+    });
+    let open = Streams::open(streams, options, epoch);
+    open.wait_connected(streams, Duration::from_secs(120))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await; // let the server's allocations settle
+    let idle = system.rss_kib();
+    let sampler = async {
+        tokio::time::sleep(Duration::from_secs(seconds) / 2).await;
+        system.rss_kib()
+    };
+    let (sent, load) = tokio::join!(publish_paced(system, &http, rate, seconds, epoch), sampler);
+    let expected = sent * streams as u64;
+    open.wait_events(expected, Duration::from_secs(30)).await;
+    let results = open.close().await;
+    let mut merged = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut delivered = 0;
+    for r in &results {
+        merged.add(&r.latency_us)?;
+        delivered += r.events;
+    }
+    let result = Latency {
+        system: system.name(),
+        streams,
+        rate,
+        p50_ms: ms(&merged, 0.5),
+        p99_ms: ms(&merged, 0.99),
+        p999_ms: ms(&merged, 0.999),
+        delivered,
+        expected,
+        rss_idle_kib_per_stream: idle.saturating_sub(before) as f64 / streams as f64,
+        rss_load_kib: load,
+    };
+    eprintln!("  {result:?}");
+    Ok(result)
+}
+
+/// Deliveries per second at saturation: events published as fast as the system takes them.
+async fn fanout(system: &System, streams: usize, seconds: u64) -> anyhow::Result<f64> {
+    let http = reqwest::Client::new();
+    let epoch = Instant::now();
+    let options = Arc::new(Options {
+        addr: system.stream_addr(),
+        path: system.stream_path(),
+        last_ids: None,
+        keep_ids: false,
+    });
+    let open = Streams::open(streams, options, epoch);
+    open.wait_connected(streams, Duration::from_secs(120))
+        .await?;
+    let started = Instant::now();
+    let sent = AtomicU64::new(0);
+    let deadline = started + Duration::from_secs(seconds);
+    let senders = (0..8).map(|_| async {
+        while Instant::now() < deadline {
+            let i = sent.fetch_add(1, Ordering::Relaxed);
+            system.publish(&http, i, 0).await;
+        }
+    });
+    futures::future::join_all(senders).await;
+    let expected = sent.load(Ordering::Relaxed) * streams as u64;
+    open.wait_events(expected, Duration::from_secs(60)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let delivered = open.events.load(Ordering::Relaxed);
+    open.close().await;
+    let per_s = delivered as f64 / elapsed;
+    println!(
+        "  fan-out {}: {delivered} deliveries in {elapsed:.2} s = {per_s:.0}/s",
+        system.name()
+    );
+    Ok(per_s)
+}
+
+async fn ingest(system: &System, requests: usize) -> anyhow::Result<(f64, f64, f64)> {
+    let System::Spool { ingest, .. } = system else {
+        anyhow::bail!("ingest needs the spool system")
+    };
+    let http = reqwest::Client::new();
+    let hooks: Vec<Webhook> = (0..requests)
+        .map(|i| Webhook::published(&format!("ingest{i}"), "blog", &i.to_string()))
+        .collect();
+    let next = AtomicU64::new(0);
+    let started = Instant::now();
+    let workers = (0..64).map(|_| async {
+        let mut latencies = Vec::new();
+        loop {
+            let i = usize::try_from(next.fetch_add(1, Ordering::Relaxed)).unwrap_or(usize::MAX);
+            let Some(hook) = hooks.get(i) else {
+                return latencies;
+            };
+            let t = Instant::now();
+            if hook.send(&http, &ingest.base_url, SITE).await.0 == 202 {
+                latencies.push(t.elapsed());
+            }
+        }
+    });
+    let mut latencies: Vec<Duration> = futures::future::join_all(workers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let pick = |q: f64| {
+        latencies
+            .get(((latencies.len().max(1) - 1) as f64 * q) as usize)
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
+    let per_s = latencies.len() as f64 / elapsed.as_secs_f64();
+    println!(
+        "  ingest: {per_s:.0} webhooks/s, p50 {:.2} ms, p99 {:.2} ms",
+        pick(0.5),
+        pick(0.99)
+    );
+    Ok((per_s, pick(0.5), pick(0.99)))
+}
+
+/// Raw JetStream publish-acks/s on the same server: the bound for the ingest.
+async fn jetstream(system: &System, messages: usize) -> anyhow::Result<f64> {
+    let System::Spool { nats, .. } = system else {
+        anyhow::bail!("needs the spool system")
+    };
+    let client = async_nats::connect(nats.url()).await?;
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCH_RAW".into(),
+        subjects: vec!["bench.raw".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    let payload = bytes::Bytes::from(vec![b'x'; 400]);
+    let started = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    for _ in 0..messages {
+        if in_flight.len() >= 256 {
+            if let Some(r) = in_flight.next().await {
+                let _: Result<_, _> = r;
+            }
+        }
+        let ack = js.publish("bench.raw", payload.clone()).await?;
+        in_flight.push(std::future::IntoFuture::into_future(ack));
+    }
+    while in_flight.next().await.is_some() {}
+    let per_s = messages as f64 / started.elapsed().as_secs_f64();
+    eprintln!("  raw JetStream: {per_s:.0} publish-acks/s");
+    Ok(per_s)
+}
+
+/// Clients resume after a delivery restart: time until all caught up, and what was missed.
+async fn resume_storm(system: &mut System, clients: usize) -> anyhow::Result<(f64, u64, u64)> {
+    let http = reqwest::Client::new();
+    let epoch = Instant::now();
+    let options = |system: &System, last_ids: Option<Vec<u64>>| {
+        Arc::new(Options {
+            addr: system.stream_addr(),
+            path: system.stream_path(),
+            keep_ids: last_ids.is_some(),
+            last_ids,
+        })
+    };
+    let open = Streams::open(clients, options(system, None), epoch);
+    open.wait_connected(clients, Duration::from_secs(120))
+        .await?;
+    let first = System::publish_n(system, &http, 5, epoch).await;
+    open.wait_events((first * clients) as u64, Duration::from_secs(60))
+        .await;
+    // The deploy: the process goes (its streams end), events keep coming, a new one starts.
+    let System::Spool { delivery, .. } = &mut *system else {
+        anyhow::bail!("needs the spool system")
+    };
+    delivery.sigterm();
+    delivery.wait_exit(Duration::from_secs(30)).await;
+    let results = open.close().await;
+    let last_ids: Vec<u64> = results.iter().map(|r| r.last_id.unwrap_or(0)).collect();
+    let while_down = System::publish_n(system, &http, 50, epoch).await as u64;
+    let System::Spool { delivery, env, .. } = &mut *system else {
+        anyhow::bail!("needs the spool system")
+    };
+    *delivery = ServiceProcess::start("spool-delivery", env).await;
+    if std::env::var("BENCH_ONLY").is_ok() {
+        eprintln!("  new delivery at {}", delivery.base_url);
+    }
+    let started = Instant::now();
+    let open = Streams::open(clients, options(system, Some(last_ids.clone())), epoch);
+    let caught_up = open
+        .wait_events(while_down * clients as u64, Duration::from_secs(60))
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let (open_connected, open_events) = (
+        open.connected.load(Ordering::Relaxed),
+        open.events.load(Ordering::Relaxed),
+    );
+    let results = open.close().await;
+    // Exactly the events after each client's id, once each, in order.
+    let stream_last = last_ids.iter().copied().max().unwrap_or(0) + while_down;
+    let (mut missed, mut duplicates) = (0u64, 0u64);
+    for (r, last) in results.iter().zip(&last_ids) {
+        let want: Vec<u64> = (last + 1..=stream_last).collect();
+        missed += want.iter().filter(|s| !r.ids.contains(s)).count() as u64;
+        duplicates += r.ids.len().saturating_sub(want.len()) as u64;
+    }
+    if !caught_up {
+        println!(
+            "  resume storm: not all caught up within 60 s ({} of {clients} connected, {} events)",
+            open_connected, open_events
+        );
+    }
+    eprintln!("  resume storm: {clients} clients caught up on {while_down} events in {seconds:.2} s; {missed} missed, {duplicates} duplicates");
+    Ok((seconds, missed, duplicates))
+}
+
+impl System {
+    /// Publishes `n` events one by one (each acknowledged); returns how many.
+    async fn publish_n(system: &System, http: &reqwest::Client, n: usize, epoch: Instant) -> usize {
+        let mut ok = 0;
+        for i in 0..n {
+            let stamp = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(0);
+            if system
+                .publish(http, 1_000_000 + i as u64 + stamp, stamp)
+                .await
+            {
+                ok += 1;
+            }
+        }
+        ok
+    }
+}
+
+async fn revalidator(system: &System, events: usize) -> anyhow::Result<(f64, usize)> {
+    let System::Spool { nats, .. } = system else {
+        anyhow::bail!("needs the spool system")
+    };
+    // Its own site and stream: the revalidator only sees events published after it starts.
+    let target = TestReceiver::start([]).await;
+    let dir = tempfile::tempdir()?;
+    let mut site = site_json("reval");
+    site["revalidate"] = serde_json::json!([target.target(None)]);
+    let sites = write_sites_file(dir.path(), &[site]);
+    let env = vec![
+        ("NATS_URL", nats.url()),
+        ("SPOOL_SITES_FILE", sites.display().to_string()),
+        ("RUST_LOG", "warn".to_string()),
+    ];
+    let ingest = ServiceProcess::start("spool-ingest", &env).await;
+    let _revalidator = ServiceProcess::start("spool-revalidator", &env).await;
+    let http = reqwest::Client::new();
+    let publish = |prefix: &'static str, count: usize| {
+        let (http, base) = (http.clone(), ingest.base_url.clone());
+        async move {
+            let next = AtomicU64::new(0);
+            let senders = (0..32).map(|_| async {
+                let mut seqs = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count as u64 {
+                        return seqs;
+                    }
+                    let (status, body) =
+                        Webhook::published(&format!("{prefix}{i}"), "blog", &i.to_string())
+                            .send(&http, &base, "reval")
+                            .await;
+                    if status == 202 {
+                        seqs.extend(body["seq"].as_u64());
+                    }
+                }
+            });
+            futures::future::join_all(senders)
+                .await
+                .into_iter()
+                .flatten()
+                .collect::<Vec<u64>>()
+        }
+    };
+    let started = Instant::now();
+    let seqs = publish("r", events).await;
+    target.wait_seqs(&seqs, Duration::from_secs(300)).await;
+    let per_s = seqs.len() as f64 / started.elapsed().as_secs_f64();
+    let before = target.calls().len();
+    let bulk = publish("bulk", 500).await;
+    let calls = target
+        .wait_seqs(&bulk, Duration::from_secs(120))
+        .await
+        .len()
+        - before;
+    eprintln!("  revalidator: {per_s:.0} events/s end to end; a 500-item bulk publish became {calls} calls");
+    Ok((per_s, calls))
+}
+
+pub async fn run_all(plan: &Plan, runs: usize) -> anyhow::Result<Vec<Run>> {
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("resume") {
+        let mut spool = System::spool().await?;
+        resume_storm(&mut spool, plan.resume_clients).await?;
+        anyhow::bail!("only the resume storm was asked for");
+    }
+    let mut all = Vec::new();
+    for run in 1..=runs {
+        eprintln!("run {run} of {runs}");
+        let mut result = Run::default();
+        {
+            let baseline = System::baseline()?;
+            for &streams in &plan.streams {
+                for &rate in &plan.rates {
+                    result
+                        .latency
+                        .push(latency(&baseline, streams, rate, plan.seconds).await?);
+                }
+            }
+            result.fanout_per_s.push((
+                "baseline",
+                fanout(&baseline, plan.fanout_streams, plan.fanout_seconds).await?,
+            ));
+        }
+        let mut spool = System::spool().await?;
+        for &streams in &plan.streams {
+            for &rate in &plan.rates {
+                result
+                    .latency
+                    .push(latency(&spool, streams, rate, plan.seconds).await?);
+            }
+        }
+        result.fanout_per_s.push((
+            "spool",
+            fanout(&spool, plan.fanout_streams, plan.fanout_seconds).await?,
+        ));
+        (
+            result.ingest_per_s,
+            result.ingest_p50_ms,
+            result.ingest_p99_ms,
+        ) = ingest(&spool, plan.ingest_requests).await?;
+        result.jetstream_per_s = jetstream(&spool, plan.jetstream_messages).await?;
+        result.resume_clients = plan.resume_clients;
+        (
+            result.resume_seconds,
+            result.resume_missed,
+            result.resume_duplicates,
+        ) = resume_storm(&mut spool, plan.resume_clients).await?;
+        (result.revalidator_per_s, result.revalidator_bulk_calls) =
+            revalidator(&spool, plan.revalidator_events).await?;
+        all.push(result);
+    }
+    Ok(all)
+}
