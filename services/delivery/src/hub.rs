@@ -83,9 +83,11 @@ impl Hub {
         }
     }
 
-    fn caught_up(&self) {
+    /// Marks the feed ready. Takes the sequence rather than reading it: the caller may hold
+    /// the state lock (publishing), and the lock is not re-entrant.
+    fn caught_up(&self, last_seq: u64) {
         if !self.ready.swap(true, Ordering::AcqRel) {
-            tracing::info!(last_seq = self.last_seq(), "event feed caught up");
+            tracing::info!(last_seq, "event feed caught up");
         }
     }
 
@@ -101,7 +103,7 @@ impl Hub {
         let mut state = self.state();
         state.last_seq = seq;
         if seq >= self.ready_at.load(Ordering::Acquire) {
-            self.caught_up();
+            self.caught_up(seq);
         }
         let Some(event) = event else { return };
         state.window.push(event.clone());
@@ -234,7 +236,7 @@ async fn follow(js: &jetstream::Context, hub: &Hub) -> anyhow::Result<()> {
         if pending == 0 {
             // Nothing more in the stream right now: caught up even if the event at the
             // starting end was removed meanwhile.
-            hub.caught_up();
+            hub.caught_up(seq);
         }
         metrics::counter!("spool_delivery_feed_events_total").increment(1);
     }
