@@ -41,7 +41,7 @@ lint:
 	# The opt-in Docker path of the test fixtures is compiled so that it can't rot.
 	cargo clippy -p spool-integration-tests --all-targets --features testcontainers -- -D warnings
 
-test: tools lint deploy-check
+test: tools lint deploy-check js-test
 	cargo build --workspace --bins
 	cargo test --workspace
 

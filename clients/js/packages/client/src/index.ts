@@ -1,0 +1,17 @@
+export { subscribe } from "./subscribe.js";
+export { backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";
+export type {
+  BackoffOptions,
+  Clock,
+  EventSourceConstructor,
+  EventSourceLike,
+  EventType,
+  ResetInfo,
+  SpoolError,
+  SpoolEvent,
+  Status,
+  StatusInfo,
+  SubscribeOptions,
+  Transport,
+  Unsubscribe,
+} from "./types.js";

@@ -1,0 +1,7 @@
+// Server and client parts together. In a client component, import from
+// "@spool-live/next/client"; in a route handler, "@spool-live/next/server" keeps React out.
+export { SpoolLive, useSpoolLive } from "./client.js";
+export type { SpoolLiveProps, SpoolLiveState, UseSpoolLiveOptions } from "./client.js";
+export { createRevalidateHandler, memorySeenStore } from "./server.js";
+export type { RevalidateBody, RevalidateHandlerOptions, SeenStore, TagProfile } from "./server.js";
+export type { ResetInfo, SpoolEvent, Status, StatusInfo } from "@spool-live/client";

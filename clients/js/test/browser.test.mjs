@@ -1,0 +1,191 @@
+// The built @spool-live/client in a real headless Chromium (Debian's, driven by
+// playwright-core; no browser is downloaded) against the real services.
+import assert from "node:assert/strict";
+import { existsSync, readFileSync } from "node:fs";
+import { createServer } from "node:http";
+import { extname, join, normalize } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { chromium } from "playwright-core";
+import { eventually, metric, publish, site, startStack } from "./harness.mjs";
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+const CLIENT_DIST = join(import.meta.dirname, "../packages/client/dist");
+const PAGE = join(import.meta.dirname, "fixtures/browser/index.html");
+const TOKEN = "rk_test_acme_0123456789";
+const SSE = 'spool_delivery_open_connections{kind="sse"}';
+
+/** Serves the test page and the built client on their own origin (so CORS is real). */
+async function pageServer() {
+  const types = { ".js": "text/javascript", ".map": "application/json", ".html": "text/html" };
+  const server = createServer((req, res) => {
+    const path = new URL(req.url, "http://x").pathname;
+    let file;
+    if (path === "/" || path === "/index.html") file = PAGE;
+    else if (path.startsWith("/client/")) file = join(CLIENT_DIST, normalize(path.slice("/client/".length)));
+    if (!file || !file.startsWith(CLIENT_DIST) && file !== PAGE || !existsSync(file)) {
+      res.writeHead(404).end();
+      return;
+    }
+    res.writeHead(200, { "content-type": types[extname(file)] ?? "application/octet-stream" });
+    res.end(readFileSync(file));
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return { origin: `http://127.0.0.1:${server.address().port}`, close: () => server.close() };
+}
+
+describe("@spool-live/client in headless Chromium", () => {
+  let stack;
+  let pages;
+  let browser;
+  let context;
+
+  before(async () => {
+    assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install chromium (or set CHROMIUM_PATH)`);
+    assert.ok(existsSync(join(CLIENT_DIST, "index.js")), "build the client first: npm run build");
+    pages = await pageServer();
+    stack = await startStack({
+      sites: [site("acme", { cors_origins: [pages.origin] }), site("open", { public: true, cors_origins: [pages.origin] })],
+    });
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+      ],
+    });
+    context = await browser.newContext();
+  });
+
+  after(async () => {
+    await browser?.close();
+    await stack?.stop();
+    pages?.close();
+  });
+
+  const open = async (query) => {
+    const page = await context.newPage();
+    page.on("pageerror", (e) => console.error("page error:", e));
+    await page.goto(`${pages.origin}/?${new URLSearchParams(query)}`);
+    return page;
+  };
+  const spool = (page) => page.evaluate(() => ({ ...window.spool }));
+  const acme = () => ({ delivery: stack.delivery.url, site: "acme", token: TOKEN });
+
+  it("receives an event within a second of the webhook; two tabs share one connection", async () => {
+    const first = await open(acme());
+    await eventually("the first tab live", async () => (await spool(first)).status === "live");
+    assert.equal((await spool(first)).leader, true);
+
+    const t0 = Date.now();
+    const sent = await publish(stack.ingest.url, "acme", { slug: "hello" });
+    await first.waitForFunction((seq) => window.spool.events.some((e) => e.seq === seq), sent.seq, { timeout: 1000 });
+    const got = (await spool(first)).events.find((e) => e.seq === sent.seq);
+    assert.ok(got.at - t0 < 1000, `event after ${got.at - t0} ms`);
+    assert.equal(got.slug, "hello");
+
+    // A second tab follows the first over BroadcastChannel: still one SSE connection.
+    const second = await open(acme());
+    await eventually("the second tab following", async () => {
+      const s = await spool(second);
+      return s.status === "live" && s.leader === false;
+    });
+    const next = await publish(stack.ingest.url, "acme");
+    for (const page of [first, second]) {
+      await page.waitForFunction((seq) => window.spool.events.some((e) => e.seq === seq), next.seq, { timeout: 1000 });
+    }
+    assert.equal(await metric(stack.delivery.url, SSE), 1, "two tabs, one SSE connection");
+
+    // The leader's tab closes: the other takes over, from its own cursor, still alone.
+    await first.close();
+    await eventually("the second tab leading", async () => {
+      const s = await spool(second);
+      return s.status === "live" && s.leader === true;
+    });
+    const later = await publish(stack.ingest.url, "acme");
+    await second.waitForFunction((seq) => window.spool.events.some((e) => e.seq === seq), later.seq, { timeout: 2000 });
+    await eventually("one SSE connection", async () => (await metric(stack.delivery.url, SSE)) === 1);
+    const seqs = (await spool(second)).events.map((e) => e.seq);
+    assert.deepEqual(seqs, [next.seq, later.seq]);
+    await second.close();
+    await eventually("no SSE connection", async () => (await metric(stack.delivery.url, SSE)) === 0);
+  });
+
+  it("a tab that joins with an older cursor fetches the gap, still on one connection", async () => {
+    const leader = await open(acme());
+    await eventually("the leader live", async () => (await spool(leader)).status === "live");
+    const s1 = await publish(stack.ingest.url, "acme");
+    const s2 = await publish(stack.ingest.url, "acme");
+    await leader.waitForFunction((seq) => window.spool.events.some((e) => e.seq === seq), s2.seq, { timeout: 1000 });
+
+    const late = await open({ ...acme(), since: String(s1.seq - 1) });
+    await late.waitForFunction((n) => window.spool.events.length >= n, 2, { timeout: 3000 });
+    assert.equal((await spool(late)).leader, false);
+    const s3 = await publish(stack.ingest.url, "acme");
+    for (const page of [leader, late]) {
+      await page.waitForFunction((seq) => window.spool.events.some((e) => e.seq === seq), s3.seq, { timeout: 1000 });
+    }
+    assert.deepEqual((await spool(late)).events.map((e) => e.seq), [s1.seq, s2.seq, s3.seq]);
+    assert.equal(await metric(stack.delivery.url, SSE), 1);
+    await leader.close();
+    await late.close();
+    await eventually("no SSE connection", async () => (await metric(stack.delivery.url, SSE)) === 0);
+  });
+
+  it("shares one connection with the BroadcastChannel election too (no Web Locks)", async () => {
+    const query = { delivery: stack.delivery.url, site: "open", share: "broadcast" };
+    const tabs = [await open(query), await open(query), await open(query)];
+    await eventually("one leader and two followers", async () => {
+      const states = await Promise.all(tabs.map(spool));
+      return (
+        states.every((s) => s.status === "live") &&
+        states.filter((s) => s.leader === true).length === 1 &&
+        states.filter((s) => s.leader === false).length === 2
+      );
+    }, { timeout: 5000 });
+    assert.equal(await metric(stack.delivery.url, SSE), 1);
+    const sent = await publish(stack.ingest.url, "open");
+    for (const tab of tabs) {
+      await tab.waitForFunction((seq) => window.spool.events.some((e) => e.seq === seq), sent.seq, { timeout: 1000 });
+    }
+    // The leader goes away; one of the others takes over and nothing is lost.
+    const states = await Promise.all(tabs.map(spool));
+    const leader = tabs[states.findIndex((s) => s.leader === true)];
+    const rest = tabs.filter((t) => t !== leader);
+    await leader.close();
+    await eventually("a new leader", async () => (await Promise.all(rest.map(spool))).some((s) => s.leader === true && s.status === "live"), { timeout: 5000 });
+    const after = await publish(stack.ingest.url, "open");
+    for (const tab of rest) {
+      await tab.waitForFunction((seq) => window.spool.events.some((e) => e.seq === seq), after.seq, { timeout: 2000 });
+      assert.deepEqual((await spool(tab)).events.map((e) => e.seq), [sent.seq, after.seq]);
+    }
+    await eventually("one SSE connection", async () => (await metric(stack.delivery.url, SSE)) === 1);
+    for (const tab of rest) await tab.close();
+  });
+
+  it("keeps every event across a delivery restart", async () => {
+    const page = await open({ ...acme(), share: "off" });
+    await eventually("live", async () => (await spool(page)).status === "live");
+    const sent = [];
+    for (let i = 0; i < 3; i++) sent.push((await publish(stack.ingest.url, "acme")).seq);
+    await page.waitForFunction((n) => window.spool.events.length >= n, 3, { timeout: 2000 });
+
+    await stack.delivery.stop();
+    for (let i = 0; i < 3; i++) sent.push((await publish(stack.ingest.url, "acme")).seq);
+    await eventually("the page to notice", async () => (await spool(page)).status === "reconnecting");
+    await stack.restart("delivery");
+    for (let i = 0; i < 3; i++) sent.push((await publish(stack.ingest.url, "acme")).seq);
+
+    await page.waitForFunction((n) => window.spool.events.length >= n, 9, { timeout: 15000 });
+    await new Promise((r) => setTimeout(r, 300));
+    const s = await spool(page);
+    assert.deepEqual(s.events.map((e) => e.seq), sent);
+    assert.equal(s.status, "live");
+    await page.close();
+  });
+});

@@ -1,0 +1,187 @@
+// @spool-live/client in Node (the `eventsource` package) against the real services.
+import assert from "node:assert/strict";
+import { createServer, request as httpRequest } from "node:http";
+import { after, before, describe, it } from "node:test";
+import { subscribe } from "@spool-live/client";
+import { eventually, publish, site, startStack } from "./harness.mjs";
+
+const TOKEN = "rk_test_acme_0123456789";
+const fast = { backoff: { initialMs: 50, maxMs: 500 } };
+
+/** Collects what a subscription reports. */
+function collector() {
+  const c = { events: [], statuses: [], resets: [] };
+  c.onEvent = (e) => c.events.push(e);
+  c.onStatus = (s, info) => c.statuses.push({ s, ...info });
+  c.onReset = (r) => c.resets.push(r);
+  c.seqs = () => c.events.map((e) => e.seq);
+  c.status = () => c.statuses.at(-1)?.s;
+  return c;
+}
+
+/**
+ * A proxy in front of the delivery that can refuse SSE the way corporate proxies and some
+ * hosts do: `refuse` answers the stream 502, `buffer` accepts it and never sends a byte.
+ * Everything else passes through (streamed).
+ */
+async function sseBlockingProxy(target) {
+  const state = { mode: "pass", streamRequests: 0 };
+  const held = new Set();
+  const server = createServer((req, res) => {
+    const isStream = req.url.includes("/events/stream");
+    if (isStream) state.streamRequests++;
+    if (isStream && state.mode === "refuse") {
+      res.writeHead(502, { "content-type": "text/html" }).end("<h1>502 Bad Gateway</h1>");
+      return;
+    }
+    if (isStream && state.mode === "buffer") {
+      held.add(res);
+      res.on("close", () => held.delete(res));
+      return;
+    }
+    const upstream = httpRequest(`${target}${req.url}`, { method: req.method, headers: req.headers }, (up) => {
+      res.writeHead(up.statusCode, up.headers);
+      up.pipe(res);
+    });
+    upstream.on("error", () => res.destroy());
+    req.pipe(upstream);
+    res.on("close", () => upstream.destroy());
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    state,
+    url: `http://127.0.0.1:${server.address().port}`,
+    close: () => {
+      for (const res of held) res.destroy();
+      server.closeAllConnections();
+      server.close();
+    },
+  };
+}
+
+describe("@spool-live/client against the real services (Node)", () => {
+  let stack;
+  before(async () => {
+    stack = await startStack({ sites: [site("acme"), site("open", { public: true })] });
+  });
+  after(async () => {
+    if (process.env.SPOOL_TEST_DEBUG) {
+      console.error(stack.nats.logs().slice(-6000));
+      console.error(stack.ingest.logs().slice(-6000));
+    }
+    await stack?.stop();
+  });
+
+  it("delivers every event once, in order, from history and live", async (t) => {
+    const first = [];
+    for (let i = 0; i < 5; i++) first.push((await publish(stack.ingest.url, "acme")).seq);
+    const c = collector();
+    const unsubscribe = subscribe({ url: stack.delivery.url, site: "acme", token: TOKEN, since: 0, ...fast, ...c });
+    t.after(unsubscribe);
+    await eventually("the history", () => c.events.length >= 5);
+    assert.equal(c.status(), "live");
+    // Live, including a burst sent concurrently.
+    const burst = await Promise.all(Array.from({ length: 20 }, () => publish(stack.ingest.url, "acme")));
+    const expected = [...first, ...burst.map((r) => r.seq)].sort((a, b) => a - b);
+    await eventually("the live burst", () => c.events.length >= expected.length);
+    await new Promise((r) => setTimeout(r, 200));
+    assert.deepEqual(c.seqs(), expected);
+    const e = c.events[0];
+    assert.equal(e.site, "acme");
+    assert.equal(e.type, "content.published");
+    assert.deepEqual(e.paths, [`/blog/${e.item.slug}`, "/blog"]);
+    assert.deepEqual(e.tags, ["blog", `blog:${e.item.slug}`]);
+    unsubscribe();
+    assert.equal(c.status(), "closed");
+  });
+
+  it("filters by collection", async (t) => {
+    const c = collector();
+    const unsubscribe = subscribe({ url: stack.delivery.url, site: "open", collections: ["news"], ...fast, ...c });
+    t.after(unsubscribe);
+    await eventually("live", () => c.status() === "live");
+    await publish(stack.ingest.url, "open", { collection: "blog" });
+    const news = await publish(stack.ingest.url, "open", { collection: "news" });
+    await eventually("the news event", () => c.events.length >= 1);
+    assert.deepEqual(c.seqs(), [news.seq]);
+    unsubscribe();
+  });
+
+  for (const mode of ["refuse", "buffer"]) {
+    it(`falls back to long-poll when SSE is blocked (${mode}) and returns to SSE when it works`, async (t) => {
+      const proxy = await sseBlockingProxy(stack.delivery.url);
+      proxy.state.mode = mode;
+      const c = collector();
+      const unsubscribe = subscribe({
+        url: proxy.url,
+        site: "acme",
+        token: TOKEN,
+        ...fast,
+        sseFailuresBeforePoll: 2,
+        readyTimeoutMs: 300,
+        sseRetryMs: 500,
+        ...c,
+      });
+    t.after(unsubscribe);
+      try {
+        await eventually("polling", () => c.status() === "polling", { timeout: 5000 });
+        assert.ok(c.statuses.some((s) => s.s === "reconnecting" && s.transport === "sse"));
+        const sent = [];
+        for (let i = 0; i < 3; i++) sent.push((await publish(stack.ingest.url, "acme")).seq);
+        await eventually("events over long-poll", () => c.events.length >= 3);
+        assert.equal(c.status(), "polling");
+        const probes = proxy.state.streamRequests;
+        await eventually("SSE tried again while polling", () => proxy.state.streamRequests > probes, { timeout: 3000 });
+
+        proxy.state.mode = "pass";
+        await eventually("back on SSE", () => c.status() === "live", { timeout: 5000 });
+        for (let i = 0; i < 3; i++) sent.push((await publish(stack.ingest.url, "acme")).seq);
+        await eventually("events over SSE", () => c.events.length >= 6);
+        await new Promise((r) => setTimeout(r, 200));
+        assert.deepEqual(c.seqs(), sent);
+      } finally {
+        unsubscribe();
+        proxy.close();
+      }
+    });
+  }
+
+  it("reports a refused token (401) with the server's error code", async (t) => {
+    const c = collector();
+    const unsubscribe = subscribe({
+      url: stack.delivery.url,
+      site: "acme",
+      token: "rk_wrong",
+      ...fast,
+      sseFailuresBeforePoll: 1,
+      ...c,
+    });
+    t.after(unsubscribe);
+    await eventually("a 401 from the poll", () => c.statuses.some((s) => s.error?.status === 401));
+    const refused = c.statuses.find((s) => s.error?.status === 401);
+    assert.equal(refused.error.code, "unauthorized");
+    assert.equal(refused.transport, "poll");
+    unsubscribe();
+  });
+  it("resumes across a delivery restart with no gap and no duplicate", async (t) => {
+    const c = collector();
+    const unsubscribe = subscribe({ url: stack.delivery.url, site: "acme", token: TOKEN, ...fast, ...c });
+    t.after(unsubscribe);
+    await eventually("live from now", () => c.status() === "live");
+    const sent = [];
+    for (let i = 0; i < 3; i++) sent.push((await publish(stack.ingest.url, "acme")).seq);
+    await eventually("the first three", () => c.events.length >= 3);
+
+    await stack.delivery.stop(); // SIGTERM: the delivery closes its streams and exits
+    for (let i = 0; i < 3; i++) sent.push((await publish(stack.ingest.url, "acme")).seq); // while it is down
+    await eventually("the client to notice", () => c.status() === "reconnecting");
+    await stack.restart("delivery");
+    for (let i = 0; i < 3; i++) sent.push((await publish(stack.ingest.url, "acme")).seq);
+
+    await eventually("all nine", () => c.events.length >= 9, { timeout: 15000 });
+    await new Promise((r) => setTimeout(r, 200));
+    assert.deepEqual(c.seqs(), sent);
+    assert.equal(c.status(), "live");
+    unsubscribe();
+  });
+});

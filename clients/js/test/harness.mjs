@@ -1,0 +1,290 @@
+// Test fixtures: the real nats-server and the real Spool Live binaries on free ports, the
+// way the Rust integration tests run them (integration-tests/src/{nats_server,process}.rs):
+// nats-server with JetStream in a temp dir, each service with SPOOL_LISTEN=127.0.0.1:0 and
+// JSON logs, from which the bound port is read; then /readyz is awaited.
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { Webhook } from "standardwebhooks";
+
+export const REPO = resolve(import.meta.dirname, "../../..");
+export const WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+export const REVALIDATE_SECRET = "whsec_cmV2YWxpZGF0ZS1zZWNyZXQtZm9yLXRoZS1qcy10ZXN0cw==";
+export const ADMIN_TOKEN = "test-admin-token";
+
+const children = new Set();
+process.on("exit", () => {
+  for (const child of children) child.kill("SIGKILL");
+});
+
+/** Where the service binaries are: $SPOOL_BIN_DIR, else the newer of target/debug and target/release. */
+export function binDir() {
+  if (process.env.SPOOL_BIN_DIR) return process.env.SPOOL_BIN_DIR;
+  const names = ["spool-ingest", "spool-delivery", "spool-revalidator"];
+  const candidates = ["debug", "release"]
+    .map((profile) => join(REPO, "target", profile))
+    .filter((dir) => names.every((n) => existsSync(join(dir, n))))
+    .sort((a, b) => statSync(join(b, "spool-delivery")).mtimeMs - statSync(join(a, "spool-delivery")).mtimeMs);
+  if (candidates.length === 0) {
+    throw new Error("the service binaries are missing: run `cargo build --workspace --bins` at the repository root");
+  }
+  return candidates[0];
+}
+
+function natsServerBin() {
+  if (process.env.NATS_SERVER_BIN) return process.env.NATS_SERVER_BIN;
+  const tools = join(REPO, ".tools/bin/nats-server");
+  return existsSync(tools) ? tools : "nats-server";
+}
+
+export function tempDir(prefix) {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** Polls `check` until it returns a truthy value; throws with `what` after `timeout` ms. */
+export async function eventually(what, check, { timeout = 10000, interval = 25 } = {}) {
+  const deadline = Date.now() + timeout;
+  let last;
+  for (;;) {
+    try {
+      const value = await check();
+      if (value) return value;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeout} ms waiting for ${what}${last ? `: ${last.message}` : ""}`);
+    }
+    await new Promise((r) => setTimeout(r, interval));
+  }
+}
+
+/** A free TCP port on 127.0.0.1 (for a server that can't bind port 0 and tell us). */
+export function freePort() {
+  return new Promise((resolvePort, reject) => {
+    const server = createServer();
+    server.unref();
+    server.on("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolvePort(port));
+    });
+  });
+}
+
+function track(child, name) {
+  children.add(child);
+  let output = "";
+  const keep = (chunk) => {
+    output = (output + chunk.toString()).slice(-20000);
+  };
+  child.stdout?.on("data", keep);
+  child.stderr?.on("data", keep);
+  const exited = new Promise((r) => child.on("exit", (code, signal) => {
+    children.delete(child);
+    r({ code, signal });
+  }));
+  return { output: () => `--- ${name} ---\n${output}`, exited };
+}
+
+/** A real nats-server with JetStream on a free port and a temp store. */
+export async function startNats() {
+  const dir = tempDir("spool-js-nats-");
+  const child = spawn(natsServerBin(), ["-a", "127.0.0.1", "-p", "-1", "-js", "-sd", join(dir, "js")], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const t = track(child, "nats-server");
+  const port = await eventually("nats-server to listen", () => {
+    const text = t.output();
+    const m = text.match(/Listening for client connections on [^\s]*:(\d+)/);
+    return m && text.includes("Server is ready") ? Number(m[1]) : undefined;
+  }, { timeout: 20000 });
+  return {
+    port,
+    url: `nats://127.0.0.1:${port}`,
+    logs: t.output,
+    async stop() {
+      child.kill("SIGTERM");
+      await t.exited;
+    },
+  };
+}
+
+/**
+ * Starts `spool-<name>` with `env` and waits until `/readyz` answers 200. `listen` fixes the
+ * address (a restart on the same port); default 127.0.0.1:0.
+ */
+export async function startService(name, env, { listen = "127.0.0.1:0" } = {}) {
+  const child = spawn(join(binDir(), `spool-${name}`), [], {
+    env: {
+      ...process.env,
+      ...env,
+      SPOOL_LISTEN: listen,
+      SPOOL_LOG_FORMAT: "json",
+      RUST_LOG: process.env.RUST_LOG ?? "info",
+      OTEL_EXPORTER_OTLP_ENDPOINT: "",
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const t = track(child, `spool-${name}`);
+  let port;
+  let buffered = "";
+  child.stdout.on("data", (chunk) => {
+    buffered += chunk.toString();
+    let nl;
+    while ((nl = buffered.indexOf("\n")) >= 0) {
+      const line = buffered.slice(0, nl);
+      buffered = buffered.slice(nl + 1);
+      try {
+        const v = JSON.parse(line);
+        const p = v.port ?? v.fields?.port;
+        if (port === undefined && typeof p === "number") port = p;
+      } catch {
+        // not JSON
+      }
+    }
+  });
+  try {
+    const deadline = Date.now() + 20000;
+    while (port === undefined) {
+      if (child.exitCode !== null || child.signalCode !== null) {
+        throw new Error(`spool-${name} exited with ${child.exitCode ?? child.signalCode}`);
+      }
+      if (Date.now() > deadline) throw new Error(`spool-${name} did not log its port within 20 s`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const url = `http://127.0.0.1:${port}`;
+    await eventually(
+      `spool-${name} ready`,
+      async () => (await fetch(`${url}/readyz`, { signal: AbortSignal.timeout(2000) })).ok,
+      { timeout: 20000 },
+    );
+  } catch (e) {
+    child.kill("SIGKILL");
+    e.message += `\n${t.output()}`;
+    throw e;
+  }
+  const url = `http://127.0.0.1:${port}`;
+  return {
+    name,
+    port,
+    url,
+    logs: t.output,
+    /** SIGTERM (graceful, as in a deploy) and wait for the exit. */
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => child.kill("SIGKILL"), 25000);
+      await t.exited;
+      clearTimeout(timer);
+    },
+    /** SIGKILL (a crash). */
+    async kill() {
+      child.kill("SIGKILL");
+      await t.exited;
+    },
+  };
+}
+
+/** A site of the contract, with the test secret and a read token. */
+export function site(id, overrides = {}) {
+  return {
+    id,
+    webhook_secret: WEBHOOK_SECRET,
+    read_tokens: [`rk_test_${id}_0123456789`],
+    public: false,
+    cors_origins: ["*"],
+    collections: { blog: { paths: ["/blog/{slug}", "/blog"], tags: ["blog", "blog:{slug}"] } },
+    revalidate: [],
+    ...overrides,
+  };
+}
+
+/** nats-server + the services named, sharing one sites file. */
+export async function startStack({ sites, services = ["ingest", "delivery"], env = {} }) {
+  const nats = await startNats();
+  const dir = tempDir("spool-js-sites-");
+  const sitesFile = join(dir, "sites.json");
+  writeFileSync(sitesFile, JSON.stringify(sites, null, 2));
+  const baseEnv = { NATS_URL: nats.url, SPOOL_SITES_FILE: sitesFile, SPOOL_ADMIN_TOKEN: ADMIN_TOKEN, ...env };
+  const started = {};
+  for (const name of services) started[name] = await startService(name, baseEnv);
+  return {
+    nats,
+    env: baseEnv,
+    ...started,
+    /**
+     * Restarts a service on the same port (after `stop`/`kill`). Binding is retried (the old
+     * socket may linger for a moment); a process that starts but never gets ready fails.
+     */
+    async restart(name, extraEnv = {}) {
+      const old = started[name];
+      await old.stop();
+      let fresh;
+      for (let attempt = 0; !fresh; attempt++) {
+        try {
+          fresh = await startService(name, { ...baseEnv, ...extraEnv }, { listen: `127.0.0.1:${old.port}` });
+        } catch (e) {
+          if (!/exited with/.test(e.message) || attempt >= 20) throw e;
+          await new Promise((r) => setTimeout(r, 250));
+        }
+      }
+      started[name] = fresh;
+      this[name] = fresh;
+      return fresh;
+    },
+    async stop() {
+      for (const s of Object.values(started).reverse()) await s.stop().catch(() => {});
+      await nats.stop();
+    },
+  };
+}
+
+let counter = 0;
+
+/** Sends a signed `content.published` webhook to the ingest; resolves to its JSON answer (with `seq`). */
+export async function publish(ingestUrl, siteId, { collection = "blog", slug, title, id } = {}) {
+  counter += 1;
+  const msgId = id ?? `msg_js_${Date.now().toString(36)}_${counter}`;
+  slug ??= `post-${counter}`;
+  const body = JSON.stringify({
+    type: "content.published",
+    collection,
+    item: { id: slug, slug, title: title ?? `Post ${slug}` },
+    occurred_at: new Date().toISOString(),
+  });
+  // A CMS retries a 503 after its Retry-After (nothing was stored); so do we, briefly.
+  for (let attempt = 0; ; attempt++) {
+    const now = new Date();
+    const response = await fetch(`${ingestUrl}/v1/sites/${siteId}/webhooks`, {
+      method: "POST",
+      headers: {
+        "content-type": "application/json",
+        "webhook-id": msgId,
+        "webhook-timestamp": String(Math.floor(now.getTime() / 1000)),
+        "webhook-signature": new Webhook(WEBHOOK_SECRET).sign(msgId, now, body),
+      },
+      body,
+    });
+    const json = await response.json();
+    if (response.status === 202 || response.status === 200) return json;
+    if (process.env.SPOOL_TEST_DEBUG) console.error(new Date().toISOString(), "webhook", response.status, JSON.stringify(json));
+    if (response.status !== 503 || attempt >= 20) {
+      throw new Error(`webhook answered ${response.status}: ${JSON.stringify(json)}`);
+    }
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+/** The value of one Prometheus sample, e.g. metric(url, 'spool_delivery_open_connections{kind="sse"}'). */
+export async function metric(serviceUrl, sample) {
+  const text = await (await fetch(`${serviceUrl}/metrics`)).text();
+  for (const line of text.split("\n")) {
+    if (line.startsWith(sample + " ")) return Number(line.slice(sample.length + 1));
+  }
+  return 0;
+}
