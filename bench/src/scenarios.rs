@@ -456,9 +456,6 @@ async fn resume_storm(system: &mut System, clients: usize) -> anyhow::Result<(f6
         anyhow::bail!("needs the spool system")
     };
     *delivery = ServiceProcess::start("spool-delivery", env).await;
-    if std::env::var("BENCH_ONLY").is_ok() {
-        eprintln!("  new delivery at {}", delivery.base_url);
-    }
     let started = Instant::now();
     let open = Streams::open(clients, options(system, Some(last_ids.clone())), epoch);
     let caught_up = open
@@ -566,11 +563,6 @@ async fn revalidator(system: &System, events: usize) -> anyhow::Result<(f64, usi
 }
 
 pub async fn run_all(plan: &Plan, runs: usize) -> anyhow::Result<Vec<Run>> {
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("resume") {
-        let mut spool = System::spool().await?;
-        resume_storm(&mut spool, plan.resume_clients).await?;
-        anyhow::bail!("only the resume storm was asked for");
-    }
     let mut all = Vec::new();
     for run in 1..=runs {
         eprintln!("run {run} of {runs}");
