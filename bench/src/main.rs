@@ -16,7 +16,10 @@ use std::time::Duration;
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("baseline") {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        // The same backlog as the services (4096), so a connection storm meets the same kernel.
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind("127.0.0.1:0".parse()?)?;
+        let listener = socket.listen(4096)?;
         println!("listening {}", listener.local_addr()?.port());
         baseline::serve(listener).await;
         return Ok(());

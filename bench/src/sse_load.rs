@@ -136,7 +136,7 @@ async fn run(
 ) {
     // Connection attempts can fail briefly under a storm (backlog): retry a few times.
     let mut stream = None;
-    for attempt in 0..50u64 {
+    for attempt in 0..200u64 {
         match TcpStream::connect(options.addr).await {
             Ok(s) => {
                 stream = Some(s);
