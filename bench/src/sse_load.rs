@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -72,7 +71,7 @@ impl Streams {
                         ids: Vec::new(),
                     };
                     tokio::select! {
-                        _ = run(&options, last_id, &connected, &events, epoch, &mut result) => {}
+                        _ = run(&options, i, last_id, &connected, &events, epoch, &mut result) => {}
                         _ = stop.cancelled() => {}
                     }
                     result
@@ -128,6 +127,7 @@ impl Streams {
 
 async fn run(
     options: &Options,
+    index: usize,
     last_id: Option<u64>,
     connected: &AtomicUsize,
     events: &AtomicU64,
@@ -137,7 +137,15 @@ async fn run(
     // Connection attempts can fail briefly under a storm (backlog): retry a few times.
     let mut stream = None;
     for attempt in 0..200u64 {
-        match TcpStream::connect(options.addr).await {
+        // Spread the clients over 127.0.0.2–17: each source address has its own ephemeral
+        // ports, so tens of thousands of connections (and their TIME_WAITs) fit.
+        let source = SocketAddr::from(([127, 0, 0, 2 + (index % 16) as u8], 0));
+        let connect = async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(source)?;
+            socket.connect(options.addr).await
+        };
+        match connect.await {
             Ok(s) => {
                 stream = Some(s);
                 break;
