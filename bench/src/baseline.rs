@@ -42,20 +42,30 @@ async fn handle(socket: TcpStream, tx: broadcast::Sender<Bytes>) {
         }
         if request.starts_with("GET /stream") {
             let mut rx = tx.subscribe();
-            let mut socket = reader.into_inner();
+            let (mut read, mut write) = reader.into_inner().into_split();
             let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\r\n";
-            if socket.write_all(head.as_bytes()).await.is_err() {
+            if write.write_all(head.as_bytes()).await.is_err() {
                 return;
             }
+            let mut scratch = [0u8; 64];
             loop {
-                match rx.recv().await {
-                    Ok(frame) => {
-                        if socket.write_all(&frame).await.is_err() {
+                tokio::select! {
+                    received = rx.recv() => match received {
+                        Ok(frame) => {
+                            if write.write_all(&frame).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    // The client went away (EOF or error): free the connection now, as a
+                    // real server does, not at the next write.
+                    gone = read.read(&mut scratch) => {
+                        if matches!(gone, Ok(0) | Err(_)) {
                             return;
                         }
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
         }
