@@ -56,6 +56,16 @@ impl Platform {
         Ok(platform)
     }
 
+    /// Flushes what the NATS client still buffers, bounded: with NATS unreachable there is
+    /// nothing to flush to, and shutdown must not wait for it.
+    pub async fn flush_on_shutdown(&self) {
+        match tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "flushing NATS on shutdown failed"),
+            Err(_) => tracing::warn!("NATS unreachable: nothing flushed on shutdown"),
+            Ok(Ok(())) => {}
+        }
+    }
+
     /// The `spool-sites` bucket, once provisioned.
     pub fn sites_bucket(&self) -> Option<&kv::Store> {
         self.bucket.get()

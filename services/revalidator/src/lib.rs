@@ -114,18 +114,7 @@ impl Application {
                 "revalidation calls still running after the grace period; they will be redelivered"
             );
         }
-        // Bounded: with NATS unreachable there is nothing to flush to, and shutdown must not
-        // wait for it.
-        match tokio::time::timeout(
-            std::time::Duration::from_secs(2),
-            self.platform.client.flush(),
-        )
-        .await
-        {
-            Ok(Err(e)) => tracing::warn!(error = %e, "flushing NATS on shutdown failed"),
-            Err(_) => tracing::warn!("NATS unreachable: nothing flushed on shutdown"),
-            Ok(Ok(())) => {}
-        }
+        self.platform.flush_on_shutdown().await;
         tracing::info!("spool-revalidator stopped");
         Ok(())
     }
