@@ -48,7 +48,6 @@ async fn a_stuck_client_is_dropped_while_a_fast_one_gets_everything_and_memory_s
         &[
             ("NATS_URL", nats.url()),
             ("SPOOL_SITES_FILE", sites.display().to_string()),
-            ("SPOOL_CLIENT_BUFFER", "4".into()),
             ("SPOOL_SLOW_CLIENT_TIMEOUT", "300ms".into()),
             ("SPOOL_REPLAY_WINDOW_BYTES", (1024 * 1024).to_string()),
         ],

@@ -33,11 +33,8 @@ pub struct DeliveryConfig {
     #[arg(long, env = "SPOOL_SSE_RETRY", default_value = "3s", value_parser = humantime::parse_duration)]
     pub sse_retry: Duration,
 
-    /// Frames queued per SSE client before it counts as not keeping up.
-    #[arg(long, env = "SPOOL_CLIENT_BUFFER", default_value_t = 64)]
-    pub client_buffer: usize,
-
-    /// How long a full client queue may stay full before the client is disconnected.
+    /// How long a client may accept no data at all (its socket full) before it is
+    /// disconnected; it resumes from its last id.
     #[arg(long, env = "SPOOL_SLOW_CLIENT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub slow_client_timeout: Duration,
 }
@@ -52,7 +49,6 @@ impl DeliveryConfig {
             replay_window_bytes: 64 * 1024 * 1024,
             heartbeat: Duration::from_secs(15),
             sse_retry: Duration::from_secs(3),
-            client_buffer: 64,
             slow_client_timeout: Duration::from_secs(10),
         }
     }

@@ -26,6 +26,8 @@ pub struct Hub {
     ready: AtomicBool,
     /// The stream's last sequence when the feed started.
     ready_at: AtomicU64,
+    /// Shutting down: every site's channel is closed, and new subscriptions start closed.
+    closed: AtomicBool,
     window_capacity: usize,
     window_bytes: usize,
     channel_capacity: usize,
@@ -59,6 +61,7 @@ impl Hub {
             started: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             ready_at: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
             window_capacity,
             window_bytes,
             channel_capacity: channel_capacity.max(1),
@@ -117,9 +120,14 @@ impl Hub {
 
     /// Subscribes to a site's live events. Taken under the same lock as publishing, so
     /// `last_seq` is exactly the point after which the subscription sees everything.
+    /// After [`Hub::close`], the subscription is closed from the start.
     pub fn subscribe(&self, site: &str) -> Subscription {
         let mut state = self.state();
         let last_seq = state.last_seq;
+        if self.closed.load(Ordering::Acquire) {
+            let (_, events) = broadcast::channel(1);
+            return Subscription { events, last_seq };
+        }
         let capacity = self.channel_capacity;
         let tx = state
             .sites
@@ -129,6 +137,14 @@ impl Hub {
             events: tx.subscribe(),
             last_seq,
         }
+    }
+
+    /// Ends every live subscription (after the events already sent to it): the process is
+    /// shutting down, and its streams end so that their clients resume elsewhere.
+    pub fn close(&self) {
+        let mut state = self.state();
+        self.closed.store(true, Ordering::Release);
+        state.sites.clear();
     }
 
     /// Up to `limit` events after `cursor` from the window, or `None` when the window no
@@ -145,19 +161,30 @@ impl Hub {
     }
 }
 
-/// Follows `SPOOL_EVENTS` from its current end for as long as `shutdown` allows,
-/// re-creating the consumer after the last sequence seen whenever it fails or the
-/// connection drops (the window stays valid: nothing after the last sequence is skipped).
+/// Follows `SPOOL_EVENTS` from its current end until `shutdown`, then closes the hub's
+/// live subscriptions.
 pub async fn run_feed(
     js: jetstream::Context,
     disconnects: Disconnects,
     hub: Arc<Hub>,
     shutdown: CancellationToken,
 ) {
+    feed(js, disconnects, &hub, shutdown).await;
+    hub.close();
+}
+
+/// Re-creates the consumer after the last sequence seen whenever it fails or the
+/// connection drops (the window stays valid: nothing after the last sequence is skipped).
+async fn feed(
+    js: jetstream::Context,
+    disconnects: Disconnects,
+    hub: &Hub,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let result = tokio::select! {
-            r = follow(&js, &hub) => r,
+            r = follow(&js, hub) => r,
             _ = disconnects.next() => Err(anyhow::anyhow!("NATS disconnected")),
             _ = shutdown.cancelled() => return,
         };
@@ -305,6 +332,25 @@ mod tests {
             .map(|e| e.seq)
             .collect();
         assert_eq!(recent, [6, 8], "the backfilled past serves resumes");
+    }
+
+    #[test]
+    fn closing_ends_every_subscription_after_what_it_was_sent() {
+        let hub = Hub::new(100, usize::MAX, 16);
+        hub.start(0, 0);
+        let mut sub = hub.subscribe("a");
+        hub.publish(1, Some(event(1, "a")));
+        hub.close();
+        assert_eq!(sub.events.try_recv().unwrap().seq, 1);
+        assert!(matches!(
+            sub.events.try_recv(),
+            Err(broadcast::error::TryRecvError::Closed)
+        ));
+        let mut late = hub.subscribe("a");
+        assert!(matches!(
+            late.events.try_recv(),
+            Err(broadcast::error::TryRecvError::Closed)
+        ));
     }
 
     #[test]

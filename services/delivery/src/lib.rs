@@ -35,6 +35,7 @@ pub struct Application {
     router: axum::Router,
     platform: Platform,
     port: u16,
+    slow_client_timeout: std::time::Duration,
 }
 
 impl Application {
@@ -71,8 +72,6 @@ impl Application {
             settings: Arc::new(routes::StreamSettings {
                 heartbeat: config.heartbeat,
                 retry: config.sse_retry,
-                client_buffer: config.client_buffer,
-                slow_client_timeout: config.slow_client_timeout,
             }),
             platform: platform.clone(),
         };
@@ -81,6 +80,7 @@ impl Application {
             router: routes::router(state),
             platform,
             port,
+            slow_client_timeout: config.slow_client_timeout,
         })
     }
 
@@ -94,7 +94,13 @@ impl Application {
     pub async fn run(self) -> anyhow::Result<()> {
         let shutdown = self.platform.shutdown.clone();
         let grace = self.platform.config.shutdown_grace;
-        http::serve_with_grace(self.listener, self.router, shutdown, grace).await?;
+        let limits = http::ConnectionLimits {
+            write_stall: self.slow_client_timeout,
+            on_write_stall: || {
+                metrics::counter!("spool_delivery_slow_clients_dropped_total").increment(1);
+            },
+        };
+        http::serve_with_grace(self.listener, self.router, shutdown, grace, limits).await?;
         tracing::info!("spool-delivery stopped");
         Ok(())
     }

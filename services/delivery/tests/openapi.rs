@@ -158,8 +158,6 @@ async fn the_router_serves_every_route() {
         settings: Arc::new(StreamSettings {
             heartbeat: Duration::from_secs(15),
             retry: Duration::from_secs(3),
-            client_buffer: 16,
-            slow_client_timeout: Duration::from_secs(10),
         }),
         platform,
     };

@@ -59,7 +59,14 @@ impl Application {
     pub async fn run(self) -> anyhow::Result<()> {
         let shutdown = self.platform.shutdown.clone();
         let grace = self.platform.config.shutdown_grace;
-        http::serve_with_grace(self.listener, self.router, shutdown, grace).await?;
+        http::serve_with_grace(
+            self.listener,
+            self.router,
+            shutdown,
+            grace,
+            http::ConnectionLimits::default(),
+        )
+        .await?;
         self.platform.flush_on_shutdown().await;
         tracing::info!("spool-ingest stopped");
         Ok(())

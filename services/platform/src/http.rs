@@ -2,22 +2,21 @@
 //! shutdown, and the operational routes (`/healthz`, `/readyz`, `/metrics`).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use axum::http::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt as _;
 
 use crate::health::Readiness;
+use crate::write_stall::{Stalled, WriteStall};
 
 /// Pending connections the kernel queues: thousands of browsers reconnect at once after a
 /// deploy, and the default of 128 would make most of them wait for a SYN retry.
@@ -149,18 +148,23 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Closes the connection a request came on, at once (no graceful end): how a server drops
-/// an SSE client that stopped reading. Every request carries one as an extension.
-#[derive(Clone, Debug, Default)]
-pub struct ConnectionClose(CancellationToken);
+/// How the server treats each connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// A connection whose writes make no progress for this long is closed at once: a
+    /// client that stopped reading (its response, an SSE stream above all, would otherwise
+    /// hold the connection and its buffers for ever).
+    pub write_stall: Duration,
+    /// Called for each connection closed so (the service counts it its own way).
+    pub on_write_stall: fn(),
+}
 
-impl ConnectionClose {
-    pub fn close(&self) {
-        self.0.cancel();
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.0.is_cancelled()
+impl Default for ConnectionLimits {
+    fn default() -> ConnectionLimits {
+        ConnectionLimits {
+            write_stall: Duration::from_secs(30),
+            on_write_stall: || {},
+        }
     }
 }
 
@@ -168,50 +172,47 @@ impl ConnectionClose {
 /// connection finish its in-flight response (SSE and long-poll responses end on the same
 /// token) and returns when all are closed. Bound the wait with a timeout of your own.
 ///
-/// The accept loop is ours rather than `axum::serve` so that a handler can drop its own
-/// connection ([`ConnectionClose`]), which a client that stopped reading needs.
+/// The accept loop is ours rather than `axum::serve` so that every connection gets the
+/// [`ConnectionLimits`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
+    limits: ConnectionLimits,
 ) -> std::io::Result<()> {
     let connections = TaskTracker::new();
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
                     // Out of file descriptors and the like: pause rather than spin.
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let close = ConnectionClose::default();
-        let for_requests = close.clone();
-        let service = router
-            .clone()
-            .map_request(move |mut request: Request<Incoming>| {
-                request.extensions_mut().insert(for_requests.clone());
-                request
-            });
+        let io = TokioIo::new(WriteStall::new(stream, limits.write_stall));
+        let service = TowerToHyperService::new(router.clone());
         let shutdown = shutdown.clone();
         connections.spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+            let connection =
+                hyper::server::conn::http1::Builder::new().serve_connection(io, service);
             tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = close.0.cancelled() => {}
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
                 _ = shutdown.cancelled() => {
                     connection.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        _ = connection.as_mut() => {}
-                        _ = close.0.cancelled() => {}
-                    }
+                    connection.as_mut().await
+                }
+            };
+            if let Err(e) = result {
+                if Stalled::caused(&e) {
+                    tracing::info!(%peer, error = %e, "client stopped reading; connection closed");
+                    (limits.on_write_stall)();
                 }
             }
         });
@@ -227,9 +228,10 @@ pub async fn serve_with_grace(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
-    grace: std::time::Duration,
+    grace: Duration,
+    limits: ConnectionLimits,
 ) -> std::io::Result<()> {
-    let server = serve(listener, router, shutdown.clone());
+    let server = serve(listener, router, shutdown.clone(), limits);
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result,

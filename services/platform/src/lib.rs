@@ -12,6 +12,7 @@ pub mod registry;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace;
+pub mod write_stall;
 
 mod platform;
 

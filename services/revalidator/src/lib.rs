@@ -103,7 +103,13 @@ impl Application {
     pub async fn run(self) -> anyhow::Result<()> {
         let shutdown = self.platform.shutdown.clone();
         let grace = self.platform.config.shutdown_grace;
-        http::serve(self.listener, self.router, shutdown.clone()).await?;
+        http::serve(
+            self.listener,
+            self.router,
+            shutdown.clone(),
+            http::ConnectionLimits::default(),
+        )
+        .await?;
         self.worker.calls.close();
         if tokio::time::timeout(grace, self.worker.calls.wait())
             .await

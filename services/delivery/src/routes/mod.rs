@@ -35,8 +35,6 @@ pub const ROUTES: &[(Method, &str)] = &[
 pub struct StreamSettings {
     pub heartbeat: Duration,
     pub retry: Duration,
-    pub client_buffer: usize,
-    pub slow_client_timeout: Duration,
 }
 
 #[derive(Clone)]

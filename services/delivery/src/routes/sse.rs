@@ -1,28 +1,39 @@
-//! `GET /v1/sites/{site}/events/stream`: Server-Sent Events. One task per client pumps
-//! frames into a small queue the response body drains; a client whose queue stays full is
-//! disconnected (it resumes from its last id), so no client makes the server buffer more
-//! than its queue.
+//! `GET /v1/sites/{site}/events/stream`: Server-Sent Events.
+//!
+//! The response body is the session itself ([`Session`], a stream the connection polls
+//! whenever it can write): no task or queue of its own per client, so a change reaches a
+//! browser in one hop from the feed, and an idle stream costs little more than its socket.
+//! A client that stops reading holds nothing but the connection's own bounded write buffer
+//! (the site's channel moves on without it; it catches up from the window when it reads
+//! again), and the server closes its connection once no write has made progress for
+//! `SPOOL_SLOW_CLIENT_TIMEOUT` ([`spool_platform::http::ConnectionLimits`]).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use bytes::Bytes;
-use futures::StreamExt;
-use spool_platform::http::ConnectionClose;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use futures::{Stream, StreamExt};
+use tokio::time::{Interval, MissedTickBehavior};
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
 
 use super::access::{self, with_cors};
 use super::params::{stream_cursor, Params};
 use super::{AppState, OpenConnection};
-use crate::catchup::catch_up;
+use crate::catchup::{catch_up, CatchUp};
 use crate::error::DeliveryError;
-use crate::frames;
+use crate::frames::{self, FeedEvent};
+use crate::history::{History, HistoryError};
+use crate::hub::Hub;
 use crate::window::Filter;
 
 /// Events read per catch-up step (window or JetStream).
@@ -33,7 +44,6 @@ pub async fn stream(
     Path(site): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    close: Option<Extension<ConnectionClose>>,
 ) -> Response {
     let params = Params::parse(query.as_deref());
     let site = match access::site(&state, site) {
@@ -62,16 +72,8 @@ pub async fn stream(
         Ok(start) => start,
         Err(e) => return refuse(&state, e, origin),
     };
-    let (tx, rx) = mpsc::channel(state.settings.client_buffer.max(1));
-    let session = Session {
-        state,
-        filter,
-        tx,
-        close: close.map(|Extension(c)| c),
-    };
-    tokio::spawn(session.run(cursor));
-    let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<Bytes, Infallible>));
-    with_cors(sse_response(body), origin)
+    let session = Session::start(&state, filter, cursor);
+    with_cors(sse_response(Body::from_stream(session)), origin)
 }
 
 fn sse_response(body: Body) -> Response {
@@ -110,120 +112,126 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Why a session ended.
-enum End {
-    ClientGone,
-    Slow,
-    Shutdown,
-    Failed(String),
-}
+/// A catch-up page being read (from the window, or from JetStream).
+type Fetch = Pin<Box<dyn Future<Output = Result<CatchUp, HistoryError>> + Send>>;
 
+/// One client's stream: the `ready` frame, what it missed after its cursor, then the site's
+/// live events and a heartbeat, until the feed closes (shutdown) or the client goes.
 struct Session {
-    state: AppState,
+    hub: Arc<Hub>,
+    history: History,
     filter: Filter,
-    tx: mpsc::Sender<Bytes>,
-    close: Option<ConnectionClose>,
+    /// The last sequence sent (or skipped as not the client's).
+    cursor: u64,
+    live: BroadcastStream<Arc<FeedEvent>>,
+    /// Frames ready to send before anything else (`ready`, a catch-up page).
+    queued: VecDeque<Bytes>,
+    fetching: Option<Fetch>,
+    heartbeat: Interval,
+    delivered: metrics::Counter,
+    _open: OpenConnection,
 }
 
 impl Session {
-    async fn run(self, cursor: Option<u64>) {
-        let _open = OpenConnection::new("sse");
-        let Err(end) = self.serve(cursor).await;
-        match end {
-            End::ClientGone | End::Shutdown => {}
-            End::Slow => {
-                metrics::counter!("spool_delivery_slow_clients_dropped_total").increment(1);
-                tracing::info!(site = %self.filter.site, "SSE client not keeping up; disconnected");
-                if let Some(close) = &self.close {
-                    close.close();
-                }
-            }
-            End::Failed(reason) => {
-                tracing::warn!(site = %self.filter.site, %reason, "SSE stream ended; the client will resume");
-            }
-        }
-    }
-
-    /// Sends until something ends the session; never returns `Ok`.
-    async fn serve(&self, cursor: Option<u64>) -> Result<Infallible, End> {
-        let settings = self.state.settings.clone();
-        let mut live = self.state.hub.subscribe(&self.filter.site);
-        self.send(frames::ready(millis(settings.retry), live.last_seq))
-            .await?;
-        let mut cursor = match cursor {
-            Some(cursor) => self.catch_up(cursor).await?,
-            None => live.last_seq,
-        };
+    /// Subscribes first, so the catch-up and the live events meet with no gap: whatever the
+    /// catch-up also returns, the live side skips by sequence.
+    fn start(state: &AppState, filter: Filter, cursor: Option<u64>) -> Session {
+        let settings = &state.settings;
+        let live = state.hub.subscribe(&filter.site);
         let mut heartbeat = tokio::time::interval_at(
             tokio::time::Instant::now() + settings.heartbeat,
             settings.heartbeat,
         );
-        let shutdown = self.state.platform.shutdown.clone();
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Err(End::Shutdown),
-                _ = self.tx.closed() => return Err(End::ClientGone),
-                received = live.events.recv() => match received {
-                    Ok(event) => {
-                        // Skips what the catch-up already sent.
-                        if event.seq > cursor && self.filter.matches(&event) {
-                            self.send_event(event.frame()).await?;
-                            cursor = event.seq;
-                        }
-                    }
-                    // Fell behind the site's channel: fetch what was missed, then go on.
-                    Err(broadcast::error::RecvError::Lagged(_)) => cursor = self.catch_up(cursor).await?,
-                    Err(broadcast::error::RecvError::Closed) => return Err(End::Failed("feed closed".into())),
-                },
-                _ = heartbeat.tick() => self.send(frames::ping()).await?,
-            }
-        }
-    }
-
-    /// Sends every event after `cursor` (with a reset first when it had to move); returns
-    /// the new cursor.
-    async fn catch_up(&self, mut cursor: u64) -> Result<u64, End> {
-        let (hub, history) = (&self.state.hub, &self.state.history);
-        loop {
-            // Boxed: a JetStream read is a large future, and keeping it inline would make
-            // every idle session (one per open stream) that large too.
-            let page = Box::pin(catch_up(hub, history, &self.filter, cursor, PAGE))
-                .await
-                .map_err(|e| End::Failed(e.to_string()))?;
-            if let Some(reset) = &page.reset {
-                self.send(frames::reset(reset)).await?;
-            }
-            for event in &page.events {
-                self.send_event(event.frame()).await?;
-            }
-            cursor = page.cursor;
-            if page.complete {
-                return Ok(cursor);
-            }
-        }
-    }
-
-    async fn send_event(&self, frame: Bytes) -> Result<(), End> {
-        self.send(frame).await?;
-        metrics::counter!("spool_delivery_events_delivered_total", "kind" => "sse").increment(1);
-        Ok(())
-    }
-
-    /// Queues a frame; a queue that stays full for the slow-client timeout ends the session.
-    async fn send(&self, frame: Bytes) -> Result<(), End> {
-        let frame = match self.tx.try_send(frame) {
-            Ok(()) => return Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(End::ClientGone),
-            Err(mpsc::error::TrySendError::Full(frame)) => frame,
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut session = Session {
+            hub: state.hub.clone(),
+            history: state.history.clone(),
+            filter,
+            cursor: cursor.unwrap_or(live.last_seq),
+            live: BroadcastStream::new(live.events),
+            queued: VecDeque::from([frames::ready(millis(settings.retry), live.last_seq)]),
+            fetching: None,
+            heartbeat,
+            delivered: metrics::counter!("spool_delivery_events_delivered_total", "kind" => "sse"),
+            _open: OpenConnection::new("sse"),
         };
-        let shutdown = self.state.platform.shutdown.clone();
-        tokio::select! {
-            sent = tokio::time::timeout(self.state.settings.slow_client_timeout, self.tx.send(frame)) => match sent {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(End::ClientGone),
-                Err(_) => Err(End::Slow),
-            },
-            _ = shutdown.cancelled() => Err(End::Shutdown),
+        if cursor.is_some() {
+            session.fetch();
+        }
+        session
+    }
+
+    /// Starts reading the next page after the cursor.
+    fn fetch(&mut self) {
+        let (hub, history, filter) = (self.hub.clone(), self.history.clone(), self.filter.clone());
+        let cursor = self.cursor;
+        self.fetching = Some(Box::pin(async move {
+            catch_up(&hub, &history, &filter, cursor, PAGE).await
+        }));
+    }
+
+    /// Queues a page read, and asks for the next one until the client is caught up.
+    fn take_page(&mut self, page: CatchUp) {
+        if let Some(reset) = &page.reset {
+            self.queued.push_back(frames::reset(reset));
+        }
+        self.delivered.increment(page.events.len() as u64);
+        self.queued
+            .extend(page.events.iter().map(|event| event.frame()));
+        self.cursor = page.cursor;
+        if !page.complete {
+            self.fetch();
+        }
+    }
+}
+
+impl Stream for Session {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(frame) = this.queued.pop_front() {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            if let Some(fetching) = this.fetching.as_mut() {
+                match fetching.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(page)) => {
+                        this.fetching = None;
+                        this.take_page(page);
+                    }
+                    Poll::Ready(Err(e)) => {
+                        tracing::warn!(site = %this.filter.site, reason = %e, "SSE stream ended; the client will resume");
+                        return Poll::Ready(None);
+                    }
+                }
+                continue;
+            }
+            match this.live.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(event))) => {
+                    // Skips what the catch-up already sent, and other collections.
+                    if event.seq > this.cursor && this.filter.matches(&event) {
+                        this.cursor = event.seq;
+                        this.delivered.increment(1);
+                        return Poll::Ready(Some(Ok(event.frame())));
+                    }
+                    continue;
+                }
+                // Fell behind the site's channel: read what was missed, then go on.
+                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => {
+                    this.fetch();
+                    continue;
+                }
+                // The feed closed the site's channels: shutting down. The client resumes
+                // elsewhere from its last id.
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {}
+            }
+            if this.heartbeat.poll_tick(cx).is_ready() {
+                return Poll::Ready(Some(Ok(frames::ping())));
+            }
+            return Poll::Pending;
         }
     }
 }
