@@ -127,3 +127,77 @@ async fn a_stuck_client_is_dropped_while_a_fast_one_gets_everything_and_memory_s
     let grown_mib = delivery.rss_kib().saturating_sub(rss_before) / 1024;
     assert!(grown_mib < 32, "delivery RSS grew by {grown_mib} MiB");
 }
+
+/// The sequence numbers (`id:` lines) of every event frame in a raw SSE response. Frames
+/// are never split across chunks, so the chunked encoding's size lines stay apart.
+fn ids_in(raw: &[u8]) -> Vec<u64> {
+    String::from_utf8_lossy(raw)
+        .split('\n')
+        .filter_map(|line| line.strip_prefix("id: "))
+        .map(|id| id.trim().parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_client_that_pauses_past_its_sites_channel_catches_up_with_every_event_in_order() {
+    // More events than a site's live channel holds (1024), each larger than what the
+    // paused client's socket can take, so the live side moves on without it.
+    const EVENTS: u64 = 1500;
+    const SIZE: usize = 8 * 1024;
+    let nats = NatsServer::start().await;
+    let ingest = TestService::start(ingest_config(&nats.url())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut site = site_json("acme");
+    site["public"] = true.into();
+    let sites = write_sites_file(dir.path(), &[site]);
+    let delivery = ServiceProcess::start(
+        "spool-delivery",
+        &[
+            ("NATS_URL", nats.url()),
+            ("SPOOL_SITES_FILE", sites.display().to_string()),
+            ("SPOOL_SLOW_CLIENT_TIMEOUT", "120s".into()),
+        ],
+    )
+    .await;
+    let mut paused = stuck_client(&delivery.base_url).await;
+    let http = reqwest::Client::new();
+    let metrics = delivery.url("/metrics");
+    eventually("the stream to open", Duration::from_secs(10), || async {
+        let text = http.get(&metrics).send().await.ok()?.text().await.ok()?;
+        text.contains("spool_delivery_open_connections{kind=\"sse\"} 1")
+            .then_some(())
+    })
+    .await;
+    for i in 0..EVENTS as usize {
+        let (status, body) = big(i, SIZE)
+            .send(&ingest.http, &ingest.base_url, "acme")
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+
+    // Reads again: everything arrives, once each, in order.
+    let mut raw = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let read_all = tokio::time::timeout(Duration::from_secs(60), async {
+        while ids_in(&raw).len() < EVENTS as usize {
+            let n = paused.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the stream ended early");
+            raw.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert!(read_all.is_ok(), "got {} events", ids_in(&raw).len());
+    assert_eq!(ids_in(&raw), (1..=EVENTS).collect::<Vec<_>>());
+    let text = http
+        .get(&metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("spool_delivery_replays_total{source=\"window\"}"),
+        "the client caught up from the window after falling behind the channel"
+    );
+}
