@@ -2,6 +2,13 @@ use clap::Parser;
 use spool_delivery::{Application, DeliveryConfig};
 use spool_platform::shutdown::{cancel_on_signal, CancellationToken};
 
+/// jemalloc keeps its bookkeeping out of the blocks it hands out, so a connection's buffers
+/// cost resident memory only for the pages actually written (hyper's 8 KiB read buffer of an
+/// idle SSE stream is never written); glibc's headers between blocks touch every block.
+/// Measured: 7.7 KiB of RSS per idle stream instead of 13.3 (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = DeliveryConfig::parse();

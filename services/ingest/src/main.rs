@@ -2,6 +2,11 @@ use clap::Parser;
 use spool_ingest::{Application, IngestConfig};
 use spool_platform::shutdown::{cancel_on_signal, CancellationToken};
 
+/// The same allocator as spool-delivery (see there), so that the three services of one
+/// image behave alike.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = IngestConfig::parse();

@@ -1,5 +1,10 @@
 use clap::Parser;
 use spool_platform::shutdown::{cancel_on_signal, CancellationToken};
+
+/// The same allocator as spool-delivery (see there), so that the three services of one
+/// image behave alike.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use spool_revalidator::{Application, RevalidatorConfig};
 
 #[tokio::main]
