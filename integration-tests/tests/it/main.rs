@@ -9,6 +9,7 @@ mod delivery_slow;
 mod delivery_stream;
 mod deploy;
 mod nats_outage;
+mod openapi;
 mod provisioning;
 mod revalidator;
 mod revalidator_batch;

@@ -54,15 +54,24 @@ pub async fn dead_letters(
     http: &reqwest::Client,
     base_url: &str,
 ) -> (String, Vec<serde_json::Value>) {
+    list_dead_letters(http, base_url, "site=acme").await
+}
+
+/// `GET /v1/admin/dlq?{query}` with the admin token: the raw text and the records.
+pub async fn list_dead_letters(
+    http: &reqwest::Client,
+    base_url: &str,
+    query: &str,
+) -> (String, Vec<serde_json::Value>) {
     let r = http
-        .get(format!("{base_url}/v1/admin/dlq?site=acme"))
+        .get(format!("{base_url}/v1/admin/dlq?{query}"))
         .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .expect("GET /v1/admin/dlq");
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
-    assert_eq!(status, 200, "{text}");
+    assert_eq!(status, 200, "{query}: {text}");
     let json: serde_json::Value = serde_json::from_str(&text).expect("DLQ JSON");
     let records = json["dead_letters"]
         .as_array()

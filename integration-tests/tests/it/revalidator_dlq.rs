@@ -3,7 +3,7 @@
 use spool_integration_tests::receiver::{Reply, TestReceiver};
 use spool_integration_tests::{eventually, site_json, ADMIN_TOKEN, TEST_SECRET};
 
-use crate::revalidator::{Setup, T};
+use crate::revalidator::{list_dead_letters, Setup, T};
 
 /// `POST /v1/admin/dlq/{seq}/replay`: the status and the JSON answer.
 async fn replay(setup: &Setup, dlq_seq: u64, token: Option<&str>) -> (u16, serde_json::Value) {
@@ -129,4 +129,93 @@ async fn bad_parameters_of_the_dlq_admin_api_are_json_400s() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+}
+
+/// Stores a dead-letter record for `site` straight in `SPOOL_DLQ` (what the revalidator
+/// writes), many at a time; their `SPOOL_DLQ` sequences, in order.
+async fn store_dead_letters(js: &async_nats::jetstream::Context, sites: &[String]) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    for chunk in sites.chunks(1000) {
+        let mut acks = Vec::new();
+        for (i, site) in chunk.iter().enumerate() {
+            let record = serde_json::json!({
+                "site": site, "url": "https://example.test/api/revalidate",
+                "reason": "permanent_status", "webhook_id": format!("rv_{i}"), "attempts": 1,
+                "last_status": 400, "last_error": null, "failed_at": "2026-11-25T10:00:00Z",
+                "event": {
+                    "seq": i + 1, "id": format!("msg_{i}"), "site": site,
+                    "type": "content.published", "collection": "blog", "item": {"id": "1"},
+                    "paths": ["/blog"], "tags": ["blog"],
+                    "occurred_at": "2026-11-25T10:00:00Z", "received_at": "2026-11-25T10:00:00Z",
+                },
+            });
+            let payload = serde_json::to_vec(&record).unwrap().into();
+            acks.push(
+                js.publish(format!("spool.dlq.{site}"), payload)
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            seqs.push(ack.await.unwrap().sequence);
+        }
+    }
+    seqs
+}
+
+/// `GET /v1/admin/dlq?{query}`: (site, dlq_seq) of each record.
+async fn list(setup: &Setup, query: &str) -> Vec<(String, u64)> {
+    let (_, records) =
+        list_dead_letters(&setup.revalidator.http, &setup.revalidator.base_url, query).await;
+    let key = |r: &serde_json::Value| {
+        (
+            r["site"].as_str().unwrap().to_owned(),
+            r["dlq_seq"].as_u64().unwrap(),
+        )
+    };
+    records.iter().map(key).collect()
+}
+
+#[tokio::test]
+async fn one_sites_dead_letters_are_listed_behind_thousands_of_other_sites() {
+    let setup = Setup::start(serde_json::json!([])).await;
+    let js = async_nats::jetstream::new(async_nats::connect(setup.nats.url()).await.unwrap());
+    // 5,000 records of 50 other sites first, then `acme`'s three, one more of another site
+    // between them.
+    let mut sites: Vec<String> = (0..5000).map(|i| format!("other-{}", i % 50)).collect();
+    sites.extend(["acme", "acme", "other-0", "acme"].map(str::to_owned));
+    let seqs = store_dead_letters(&js, &sites).await;
+    let acme: Vec<u64> = sites
+        .iter()
+        .zip(&seqs)
+        .filter(|(site, _)| *site == "acme")
+        .map(|(_, seq)| *seq)
+        .collect();
+    assert_eq!(acme.len(), 3);
+    let only = |records: Vec<(String, u64)>| -> Vec<u64> {
+        assert!(
+            records.iter().all(|(site, _)| site == "acme"),
+            "{records:?}"
+        );
+        records.into_iter().map(|(_, seq)| seq).collect()
+    };
+
+    // A site's records, oldest first, whatever the limit; `limit` stops early.
+    assert_eq!(only(list(&setup, "site=acme").await), acme);
+    assert_eq!(only(list(&setup, "site=acme&limit=1").await), acme[..1]);
+    assert_eq!(only(list(&setup, "site=acme&limit=2").await), acme[..2]);
+    // A site with no record: nothing.
+    assert_eq!(list(&setup, "site=nobody").await, []);
+
+    // Without a site: every site, in DLQ order, up to `limit`.
+    let all = list(&setup, "limit=1000").await;
+    let expected: Vec<(String, u64)> = sites
+        .iter()
+        .cloned()
+        .zip(seqs.iter().copied())
+        .take(1000)
+        .collect();
+    assert_eq!(all, expected);
+    let first = list(&setup, "").await;
+    assert_eq!(first, expected[..100], "the default limit is 100");
 }

@@ -1,10 +1,13 @@
 //! Dead letters: what could not be delivered, kept in `SPOOL_DLQ` under
 //! `spool.dlq.<site>`, one record per (event, target).
 
-use async_nats::jetstream;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use spool_proto::names::{dlq_subject, DLQ_STREAM, MSG_ID_HEADER};
+use spool_proto::names::{dlq_subject, DLQ_STREAM, DLQ_SUBJECTS, MSG_ID_HEADER};
 use spool_proto::{Event, SiteId};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,26 +61,55 @@ fn reason_label(reason: &str) -> &'static str {
     }
 }
 
+/// How long listing may take before the admin is told to come back.
+const LIST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Up to `limit` dead letters (of one site, or all), oldest first.
+///
+/// One short-lived ordered consumer filtered on the site's subject (or every DLQ subject)
+/// reads them in batches: a site's records cost what they are, not a scan of the whole
+/// DLQ, and listing stops at `limit`.
 pub async fn list(
     js: &jetstream::Context,
     site: Option<&SiteId>,
     limit: usize,
 ) -> anyhow::Result<Vec<StoredDeadLetter>> {
-    let mut stream = js.get_stream(DLQ_STREAM).await?;
-    let state = stream.info().await?.state.clone();
+    let filter = site.map_or_else(|| DLQ_SUBJECTS.to_owned(), dlq_subject);
+    tokio::time::timeout(LIST_TIMEOUT, read(js, filter, limit))
+        .await
+        .map_err(|_| anyhow::anyhow!("listing dead letters took over {LIST_TIMEOUT:?}"))?
+}
+
+async fn read(
+    js: &jetstream::Context,
+    filter: String,
+    limit: usize,
+) -> anyhow::Result<Vec<StoredDeadLetter>> {
     let mut out = Vec::new();
-    if state.messages == 0 {
+    if limit == 0 {
         return Ok(out);
     }
-    for seq in state.first_sequence..=state.last_sequence {
-        if out.len() >= limit {
-            break;
+    let stream = js.get_stream(DLQ_STREAM).await?;
+    let mut consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: filter,
+            ..Default::default()
+        })
+        .await?;
+    if consumer.info().await?.num_pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer.messages().await?;
+    while let Some(message) = messages.next().await {
+        let message = message?;
+        let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (dlq_seq, pending) = (info.stream_sequence, info.pending);
+        match serde_json::from_slice(&message.payload) {
+            Ok(record) => out.push(StoredDeadLetter { dlq_seq, record }),
+            Err(e) => tracing::warn!(dlq_seq, error = %e, "not a dead-letter record; skipped"),
         }
-        if let Some(stored) = get(js, seq).await? {
-            if site.is_none_or(|s| *s == stored.record.site) {
-                out.push(stored);
-            }
+        if pending == 0 || out.len() >= limit {
+            break;
         }
     }
     Ok(out)
