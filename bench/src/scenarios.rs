@@ -2,7 +2,7 @@
 //! generator is this process. Everything binds to loopback and every step is bounded in time.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use spool_integration_tests::nats_server::NatsServer;
-use spool_integration_tests::process::ServiceProcess;
+use spool_integration_tests::process::{self, ServiceProcess};
 use spool_integration_tests::receiver::TestReceiver;
 use spool_integration_tests::webhook::Webhook;
 use spool_integration_tests::{site_json, write_sites_file};
@@ -145,10 +145,11 @@ impl System {
 
     fn baseline() -> anyhow::Result<System> {
         use std::io::BufRead as _;
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg("baseline")
-            .stdout(Stdio::piped())
-            .spawn()?;
+        // Tied to this process like the fixtures' servers: it dies with the suite, even on
+        // SIGKILL.
+        let mut command = process::tied_command(std::env::current_exe()?);
+        command.arg("baseline").stdout(Stdio::piped());
+        let mut child = process::spawn_tied(command)?;
         let stdout = child
             .stdout
             .take()
