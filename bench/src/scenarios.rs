@@ -42,7 +42,7 @@ impl Plan {
             seconds: 3,
             fanout_streams: 500,
             fanout_seconds: 2,
-            ingest_requests: 5000,
+            ingest_requests: 20_000,
             jetstream_messages: 10_000,
             resume_clients: 1000,
             revalidator_events: 1000,
@@ -79,13 +79,31 @@ pub struct Latency {
     pub rss_load_kib: u64,
 }
 
+/// Signed webhooks through a `spool-ingest` process, acknowledged after JetStream's ack.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ingest {
+    /// What ran beside it: [`INGEST_ALONE`], [`INGEST_ALONE_INFO`] or [`INGEST_SYSTEM`].
+    pub setup: &'static str,
+    pub per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub failed: u64,
+}
+
+/// The ingest and nats-server only, services logging at `warn`.
+pub const INGEST_ALONE: &str = "alone";
+/// The same at the services' default log level, `info`.
+pub const INGEST_ALONE_INFO: &str = "alone-info";
+/// The whole system running: a delivery consumes every event meanwhile.
+pub const INGEST_SYSTEM: &str = "system";
+/// Requests in flight, as in `make bench-ingest`.
+pub const INGEST_CONCURRENCY: usize = 64;
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Run {
     pub latency: Vec<Latency>,
     pub fanout_per_s: Vec<(&'static str, f64)>,
-    pub ingest_per_s: f64,
-    pub ingest_p50_ms: f64,
-    pub ingest_p99_ms: f64,
+    pub ingest: Vec<Ingest>,
     pub jetstream_per_s: f64,
     pub resume_clients: usize,
     pub resume_seconds: f64,
@@ -350,34 +368,93 @@ async fn fanout(system: &System, streams: usize, seconds: u64) -> anyhow::Result
     Ok(per_s)
 }
 
-async fn ingest(system: &System, requests: usize) -> anyhow::Result<(f64, f64, f64)> {
-    let System::Spool { ingest, .. } = system else {
-        anyhow::bail!("ingest needs the spool system")
-    };
-    let http = reqwest::Client::new();
-    let hooks: Vec<Webhook> = (0..requests)
-        .map(|i| Webhook::published(&format!("ingest{i}"), "blog", &i.to_string()))
-        .collect();
-    let next = AtomicU64::new(0);
-    let started = Instant::now();
-    let workers = (0..64).map(|_| async {
-        let mut latencies = Vec::new();
-        loop {
-            let i = usize::try_from(next.fetch_add(1, Ordering::Relaxed)).unwrap_or(usize::MAX);
-            let Some(hook) = hooks.get(i) else {
-                return latencies;
-            };
-            let t = Instant::now();
-            if hook.send(&http, &ingest.base_url, SITE).await.0 == 202 {
-                latencies.push(t.elapsed());
-            }
+/// Signed webhooks/s through the ingest at `INGEST_CONCURRENCY`, each answered 202 only
+/// after JetStream's ack. As light a client as `make bench-ingest`'s: every webhook is built
+/// and signed before the clock starts (signing is the CMS's cost), one keep-alive connection
+/// per worker, opened by a warm-up that is not counted.
+async fn measure_ingest(
+    base_url: &str,
+    site: &str,
+    requests: usize,
+    setup: &'static str,
+) -> anyhow::Result<Ingest> {
+    /// One ready-to-send webhook: the headers that sign it and its body.
+    struct Signed {
+        id: String,
+        timestamp: String,
+        signature: String,
+        body: bytes::Bytes,
+    }
+    static BATCH: AtomicU64 = AtomicU64::new(0);
+    let batch = BATCH.fetch_add(1, Ordering::Relaxed);
+    let sign = |i: usize| {
+        let hook = Webhook::published(&format!("ingest{batch}-{i}"), "blog", &i.to_string());
+        Signed {
+            signature: hook.signature(),
+            timestamp: hook.timestamp.to_string(),
+            body: bytes::Bytes::from(hook.body),
+            id: hook.id,
         }
-    });
-    let mut latencies: Vec<Duration> = futures::future::join_all(workers)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    };
+    let warm_up = INGEST_CONCURRENCY * 8;
+    let hooks: Arc<Vec<Signed>> = Arc::new((0..warm_up + requests).map(sign).collect());
+    let url: Arc<str> = format!("{base_url}/v1/sites/{site}/webhooks").into();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(INGEST_CONCURRENCY)
+        .build()?;
+    // Sends hooks[from..to] with INGEST_CONCURRENCY workers (tasks of their own, spread
+    // over the runtime's threads); returns each accepted webhook's latency.
+    let send = |from: usize, to: usize| {
+        let next = Arc::new(AtomicU64::new(from as u64));
+        let workers: Vec<_> = (0..INGEST_CONCURRENCY)
+            .map(|_| {
+                let (hooks, url, http, next) =
+                    (hooks.clone(), url.clone(), http.clone(), next.clone());
+                tokio::spawn(async move {
+                    let (mut latencies, mut failed) = (Vec::new(), 0u64);
+                    loop {
+                        let i = usize::try_from(next.fetch_add(1, Ordering::Relaxed))
+                            .unwrap_or(usize::MAX);
+                        let Some(hook) = hooks.get(i).filter(|_| i < to) else {
+                            return (latencies, failed);
+                        };
+                        let t = Instant::now();
+                        let answer = http
+                            .post(&*url)
+                            .header("content-type", "application/json")
+                            .header("webhook-id", &hook.id)
+                            .header("webhook-timestamp", &hook.timestamp)
+                            .header("webhook-signature", &hook.signature)
+                            .body(hook.body.clone())
+                            .send()
+                            .await;
+                        let accepted = match answer {
+                            Ok(r) => r.status().as_u16() == 202 && r.bytes().await.is_ok(),
+                            Err(_) => false,
+                        };
+                        if accepted {
+                            latencies.push(t.elapsed());
+                        } else {
+                            failed += 1;
+                        }
+                    }
+                })
+            })
+            .collect();
+        async move {
+            let (mut latencies, mut failed) = (Vec::new(), 0);
+            for worker in workers {
+                if let Ok((l, f)) = worker.await {
+                    latencies.extend(l);
+                    failed += f;
+                }
+            }
+            (latencies, failed)
+        }
+    };
+    send(0, warm_up).await;
+    let started = Instant::now();
+    let (mut latencies, failed) = send(warm_up, warm_up + requests).await;
     let elapsed = started.elapsed();
     latencies.sort();
     let pick = |q: f64| {
@@ -385,13 +462,45 @@ async fn ingest(system: &System, requests: usize) -> anyhow::Result<(f64, f64, f
             .get(((latencies.len().max(1) - 1) as f64 * q) as usize)
             .map_or(0.0, |d| d.as_secs_f64() * 1e3)
     };
-    let per_s = latencies.len() as f64 / elapsed.as_secs_f64();
+    let result = Ingest {
+        setup,
+        per_s: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: pick(0.5),
+        p99_ms: pick(0.99),
+        failed,
+    };
     println!(
-        "  ingest: {per_s:.0} webhooks/s, p50 {:.2} ms, p99 {:.2} ms",
-        pick(0.5),
-        pick(0.99)
+        "  ingest ({setup}): {:.0} webhooks/s, p50 {:.2} ms, p99 {:.2} ms, {failed} failed",
+        result.per_s, result.p50_ms, result.p99_ms
     );
-    Ok((per_s, pick(0.5), pick(0.99)))
+    Ok(result)
+}
+
+/// The ingest with nothing but its nats-server: at `warn` (as every service of the suite)
+/// and at the default `info`, each a fresh `spool-ingest` process.
+async fn ingest_alone(requests: usize) -> anyhow::Result<Vec<Ingest>> {
+    let nats = NatsServer::start().await;
+    let dir = tempfile::tempdir()?;
+    let sites = write_sites_file(dir.path(), &[site_json(SITE)]);
+    let mut results = Vec::new();
+    for (setup, level) in [(INGEST_ALONE, "warn"), (INGEST_ALONE_INFO, "info")] {
+        let env = vec![
+            ("NATS_URL", nats.url()),
+            ("SPOOL_SITES_FILE", sites.display().to_string()),
+            ("RUST_LOG", level.to_string()),
+        ];
+        let ingest = ServiceProcess::start("spool-ingest", &env).await;
+        results.push(measure_ingest(&ingest.base_url, SITE, requests, setup).await?);
+    }
+    Ok(results)
+}
+
+/// The ingest of the running system (a delivery consuming every event meanwhile).
+async fn ingest_in_system(system: &System, requests: usize) -> anyhow::Result<Ingest> {
+    let System::Spool { ingest, .. } = system else {
+        anyhow::bail!("ingest needs the spool system")
+    };
+    measure_ingest(&ingest.base_url, SITE, requests, INGEST_SYSTEM).await
 }
 
 /// Raw JetStream publish-acks/s on the same server: the bound for the ingest.
@@ -582,6 +691,7 @@ pub async fn run_all(plan: &Plan, runs: usize) -> anyhow::Result<Vec<Run>> {
                 fanout(&baseline, plan.fanout_streams, plan.fanout_seconds).await?,
             ));
         }
+        result.ingest = ingest_alone(plan.ingest_requests).await?;
         let mut spool = System::spool().await?;
         for &streams in &plan.streams {
             for &rate in &plan.rates {
@@ -594,11 +704,9 @@ pub async fn run_all(plan: &Plan, runs: usize) -> anyhow::Result<Vec<Run>> {
             "spool",
             fanout(&spool, plan.fanout_streams, plan.fanout_seconds).await?,
         ));
-        (
-            result.ingest_per_s,
-            result.ingest_p50_ms,
-            result.ingest_p99_ms,
-        ) = ingest(&spool, plan.ingest_requests).await?;
+        result
+            .ingest
+            .push(ingest_in_system(&spool, plan.ingest_requests).await?);
         result.jetstream_per_s = jetstream(&spool, plan.jetstream_messages).await?;
         result.resume_clients = plan.resume_clients;
         (

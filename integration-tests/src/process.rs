@@ -6,7 +6,7 @@
 //! even when that one is killed with SIGKILL: no `nats-server` or service is left behind.
 
 use std::ffi::{OsStr, OsString};
-use std::io::{self, BufRead, BufReader};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -70,6 +70,35 @@ pub fn tied_command(program: impl AsRef<OsStr>) -> Command {
     }
 }
 
+/// The TCP port process `pid` listens on (its first listening socket), from /proc.
+pub fn listening_port(pid: u32) -> Option<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(
+                link.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect();
+    ["tcp", "tcp6"].iter().find_map(|table| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok()?;
+        text.lines().skip(1).find_map(|line| {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+            if *state != "0A" || !inodes.iter().any(|i| i == inode) {
+                return None;
+            }
+            u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
+        })
+    })
+}
+
 type SpawnJob = (Command, mpsc::Sender<io::Result<Child>>);
 
 /// Spawns `command` (from [`tied_command`]) from one dedicated thread that lives as long as
@@ -111,33 +140,34 @@ pub struct ServiceProcess {
 
 impl ServiceProcess {
     /// Starts `name` (e.g. `spool-delivery`) with `env` and waits until `/readyz` is 200.
+    /// JSON logs at `info` unless `env` says otherwise (`RUST_LOG`, `SPOOL_LOG_FORMAT`); they
+    /// are not kept.
     pub async fn start(name: &str, env: &[(&str, String)]) -> ServiceProcess {
         let mut command = tied_command(service_binary(name));
         command
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("SPOOL_LISTEN", "127.0.0.1:0")
             .env("SPOOL_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("SPOOL_LISTEN", "127.0.0.1:0")
+            .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         let mut child = spawn_tied(command).unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        // The service logs the port it bound as JSON: {"port": N, ...}.
-        let stdout = child.stdout.take().expect("stdout");
-        let (port_tx, port_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if let Some(port) = v["port"].as_u64() {
-                        let _ = port_tx.send(port);
-                    }
-                }
+        // The port it bound, read from /proc rather than from its logs, so that any log
+        // level works.
+        let started = Instant::now();
+        let port = loop {
+            if let Some(port) = listening_port(child.id()) {
+                break port;
             }
-        });
-        let port =
-            tokio::task::spawn_blocking(move || port_rx.recv_timeout(Duration::from_secs(20)))
-                .await
-                .expect("port reader")
-                .unwrap_or_else(|_| panic!("{name} did not log its port"));
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{name} exited with {status} before listening");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{name} did not listen within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
         let service = ServiceProcess {
             child,
             base_url: format!("http://127.0.0.1:{port}"),
@@ -216,6 +246,7 @@ impl Drop for ServiceProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader};
 
     /// `/proc/<pid>/comm` once it reads `name` (after the exec), or what it reads after 5 s.
     fn comm_becomes(pid: u32, name: &str) -> String {
