@@ -1,11 +1,15 @@
 //! The bare limit of this box: a minimal tokio SSE broadcast server with no NATS, no auth
 //! and no JSON handling. `POST /publish` broadcasts its body as one `data:` frame to every
-//! `GET /stream`; the same load client and publisher measure it and Spool Live.
+//! `GET /stream`; the same load client and publisher measure it and Spool Live. Each stream
+//! writes the frames it has ready in one write.
 
 use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
+
+/// The most bytes of ready frames a stream gathers into one write.
+const MAX_WRITE: usize = 64 * 1024;
 
 pub async fn serve(listener: TcpListener) {
     let (tx, _) = broadcast::channel::<Bytes>(1024);
@@ -52,7 +56,21 @@ async fn handle(socket: TcpStream, tx: broadcast::Sender<Bytes>) {
                 tokio::select! {
                     received = rx.recv() => match received {
                         Ok(frame) => {
-                            if write.write_all(&frame).await.is_err() {
+                            // The frames already waiting go out with this one in one write,
+                            // as any server that buffers its output does (Spool Live's hyper
+                            // too); a lone frame is written as it is.
+                            let mut ready: Option<Vec<u8>> = None;
+                            while ready.as_ref().map_or(0, Vec::len) < MAX_WRITE {
+                                match rx.try_recv() {
+                                    Ok(more) => ready
+                                        .get_or_insert_with(|| frame.to_vec())
+                                        .extend_from_slice(&more),
+                                    Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                                    Err(_) => break,
+                                }
+                            }
+                            let bytes = ready.as_deref().unwrap_or(&frame);
+                            if write.write_all(bytes).await.is_err() {
                                 return;
                             }
                         }

@@ -38,9 +38,23 @@ async fn main() -> anyhow::Result<()> {
     } else {
         Duration::from_secs(3600)
     };
-    let results = tokio::time::timeout(deadline, scenarios::run_all(&plan, runs))
-        .await
-        .map_err(|_| anyhow::anyhow!("the benchmark did not finish within {deadline:?}"))??;
+    // On SIGINT/SIGTERM the run is dropped, so its servers are stopped and their temporary
+    // stores removed before exiting. (On SIGKILL they die with this process anyway: every
+    // child is started with a parent-death signal, see `process::tied_command`.)
+    let run = tokio::time::timeout(deadline, scenarios::run_all(&plan, runs));
+    let finished = tokio::select! {
+        finished = run => Ok(finished),
+        signal = interrupted() => Err(signal),
+    };
+    // The run (and with it every server it started) is dropped by now.
+    let results = match finished {
+        Ok(finished) => finished
+            .map_err(|_| anyhow::anyhow!("the benchmark did not finish within {deadline:?}"))??,
+        Err((name, code)) => {
+            eprintln!("interrupted by {name}: servers stopped, nothing written");
+            std::process::exit(code);
+        }
+    };
     let written = report::write(&out, &plan, runs, &results)?;
     println!("{}", std::fs::read_to_string(&written.markdown)?);
     println!(
@@ -50,6 +64,21 @@ async fn main() -> anyhow::Result<()> {
         written.svg.display()
     );
     Ok(())
+}
+
+/// Resolves on the first SIGINT or SIGTERM, with its name and the exit code it calls for.
+async fn interrupted() -> (&'static str, i32) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => ("SIGINT", 130),
+        _ = term.recv() => ("SIGTERM", 143),
+    }
 }
 
 fn raise_fd_limit() {

@@ -2,7 +2,7 @@
 //! generator is this process. Everything binds to loopback and every step is bounded in time.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use spool_integration_tests::nats_server::NatsServer;
-use spool_integration_tests::process::ServiceProcess;
+use spool_integration_tests::process::{self, ServiceProcess};
 use spool_integration_tests::receiver::TestReceiver;
 use spool_integration_tests::webhook::Webhook;
 use spool_integration_tests::{site_json, write_sites_file};
@@ -42,7 +42,7 @@ impl Plan {
             seconds: 3,
             fanout_streams: 500,
             fanout_seconds: 2,
-            ingest_requests: 5000,
+            ingest_requests: 20_000,
             jetstream_messages: 10_000,
             resume_clients: 1000,
             revalidator_events: 1000,
@@ -79,13 +79,31 @@ pub struct Latency {
     pub rss_load_kib: u64,
 }
 
+/// Signed webhooks through a `spool-ingest` process, acknowledged after JetStream's ack.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ingest {
+    /// What ran beside it: [`INGEST_ALONE`], [`INGEST_ALONE_INFO`] or [`INGEST_SYSTEM`].
+    pub setup: &'static str,
+    pub per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub failed: u64,
+}
+
+/// The ingest and nats-server only, services logging at `warn`.
+pub const INGEST_ALONE: &str = "alone";
+/// The same at the services' default log level, `info`.
+pub const INGEST_ALONE_INFO: &str = "alone-info";
+/// The whole system running: a delivery consumes every event meanwhile.
+pub const INGEST_SYSTEM: &str = "system";
+/// Requests in flight, as in `make bench-ingest`.
+pub const INGEST_CONCURRENCY: usize = 64;
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Run {
     pub latency: Vec<Latency>,
-    pub fanout_per_s: Vec<(&'static str, f64)>,
-    pub ingest_per_s: f64,
-    pub ingest_p50_ms: f64,
-    pub ingest_p99_ms: f64,
+    pub fanout: Vec<Fanout>,
+    pub ingest: Vec<Ingest>,
     pub jetstream_per_s: f64,
     pub resume_clients: usize,
     pub resume_seconds: f64,
@@ -145,10 +163,11 @@ impl System {
 
     fn baseline() -> anyhow::Result<System> {
         use std::io::BufRead as _;
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg("baseline")
-            .stdout(Stdio::piped())
-            .spawn()?;
+        // Tied to this process like the fixtures' servers: it dies with the suite, even on
+        // SIGKILL.
+        let mut command = process::tied_command(std::env::current_exe()?);
+        command.arg("baseline").stdout(Stdio::piped());
+        let mut child = process::spawn_tied(command)?;
         let stdout = child
             .stdout
             .take()
@@ -182,13 +201,32 @@ impl System {
         }
     }
 
-    /// Publishes one event stamped with `sent_us`; true when accepted.
-    async fn publish(&self, http: &reqwest::Client, i: u64, sent_us: u64) -> bool {
-        let body = serde_json::json!({
+    /// The event published as number `i`, stamped with `sent_us`.
+    fn event_body(i: u64, sent_us: u64) -> String {
+        serde_json::json!({
             "type": "content.updated", "collection": "blog",
             "item": { "id": i.to_string(), "slug": format!("p{i}"), "sent_us": sent_us.to_string() },
         })
-        .to_string();
+        .to_string()
+    }
+
+    /// How the fan-out publisher reaches this system.
+    fn publisher(&self) -> Publisher {
+        match self {
+            System::Spool { ingest, .. } => Publisher {
+                addr: SocketAddr::from(([127, 0, 0, 1], port_of(&ingest.base_url))),
+                signed: true,
+            },
+            System::Baseline { port, .. } => Publisher {
+                addr: SocketAddr::from(([127, 0, 0, 1], *port)),
+                signed: false,
+            },
+        }
+    }
+
+    /// Publishes one event stamped with `sent_us`; true when accepted.
+    async fn publish(&self, http: &reqwest::Client, i: u64, sent_us: u64) -> bool {
+        let body = System::event_body(i, sent_us);
         match self {
             System::Spool { ingest, .. } => {
                 let hook = Webhook::with_body(&format!("b{i}-{sent_us}"), body.into_bytes());
@@ -200,6 +238,44 @@ impl System {
                 .send()
                 .await
                 .is_ok_and(|r| r.status().as_u16() == 202),
+        }
+    }
+}
+
+/// Where and how events are published with raw HTTP/1.1: signed webhooks to the ingest,
+/// or plain `POST /publish` to the baseline.
+#[derive(Clone, Copy)]
+struct Publisher {
+    addr: SocketAddr,
+    signed: bool,
+}
+
+impl Publisher {
+    /// The request that publishes event `i`, appended to `out`.
+    fn request(self, i: u64, out: &mut Vec<u8>) {
+        let body = System::event_body(i, 0);
+        if self.signed {
+            let hook = Webhook::with_body(&format!("f{i}"), body.into_bytes());
+            out.extend_from_slice(
+                format!(
+                    "POST /v1/sites/{SITE}/webhooks HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\nwebhook-id: {}\r\nwebhook-timestamp: {}\r\nwebhook-signature: {}\r\ncontent-length: {}\r\n\r\n",
+                    hook.id,
+                    hook.timestamp,
+                    hook.signature(),
+                    hook.body.len()
+                )
+                .as_bytes(),
+            );
+            out.extend_from_slice(&hook.body);
+        } else {
+            out.extend_from_slice(
+                format!(
+                    "POST /publish HTTP/1.1\r\nhost: bench\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            out.extend_from_slice(body.as_bytes());
         }
     }
 }
@@ -313,9 +389,69 @@ async fn latency(
     Ok(result)
 }
 
-/// Deliveries per second at saturation: events published as fast as the system takes them.
-async fn fanout(system: &System, streams: usize, seconds: u64) -> anyhow::Result<f64> {
-    let http = reqwest::Client::new();
+/// Deliveries per second at saturation, and the evidence that it was saturation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fanout {
+    pub system: &'static str,
+    pub per_s: f64,
+    /// Events published and not yet received per stream, over the measured window (sampled
+    /// every 5 ms): the mean, and the share of samples below one event (the server may have
+    /// been waiting for the publisher).
+    pub mean_backlog: f64,
+    pub starved: f64,
+    pub published_per_s: f64,
+}
+
+/// Events per stream the fan-out publisher keeps published and not yet received: enough
+/// that the server never waits for the next event, well within every queue on the way
+/// (Spool Live's 64 frames per client, both systems' 1,024-event channels), so that none
+/// overflows and nothing is skipped.
+pub const FANOUT_BACKLOG: f64 = 32.0;
+/// Keep-alive connections the fan-out publisher uses, and the most requests it pipelines
+/// on one in a burst.
+pub const FANOUT_CONNECTIONS: usize = 16;
+const FANOUT_BURST: usize = 16;
+
+/// Reads one HTTP/1.1 response (with a `content-length` body); returns its status.
+async fn read_response<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<u16> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
+    let mut line = String::new();
+    if reader.read_line(&mut line).await? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut length = 0usize;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).await?;
+    Ok(status)
+}
+
+/// Deliveries per second at saturation. The publisher keeps about `FANOUT_BACKLOG` events
+/// per stream sent and not yet received, topping up in pipelined bursts
+/// over `FANOUT_CONNECTIONS` keep-alive connections, the same way for both systems, so that
+/// the server is never waiting for an event; deliveries are counted over `seconds` once
+/// that backlog is established (after a 0.5 s warm-up).
+async fn fanout(system: &System, streams: usize, seconds: u64) -> anyhow::Result<Fanout> {
+    use tokio::io::AsyncWriteExt as _;
+    let (connections, target, burst) = (FANOUT_CONNECTIONS, FANOUT_BACKLOG, FANOUT_BURST);
     let epoch = Instant::now();
     let options = Arc::new(Options {
         addr: system.stream_addr(),
@@ -326,57 +462,191 @@ async fn fanout(system: &System, streams: usize, seconds: u64) -> anyhow::Result
     let open = Streams::open(streams, options, epoch);
     open.wait_connected(streams, Duration::from_secs(120))
         .await?;
-    let started = Instant::now();
-    let sent = AtomicU64::new(0);
-    let deadline = started + Duration::from_secs(seconds);
-    let senders = (0..8).map(|_| async {
-        while Instant::now() < deadline {
-            let i = sent.fetch_add(1, Ordering::Relaxed);
-            system.publish(&http, i, 0).await;
+    // Events published or being published, and not refused.
+    let outstanding = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let backlog = {
+        let (outstanding, events) = (outstanding.clone(), open.events.clone());
+        move || {
+            outstanding.load(Ordering::Relaxed) as f64
+                - events.load(Ordering::Relaxed) as f64 / streams as f64
         }
-    });
-    futures::future::join_all(senders).await;
-    let expected = sent.load(Ordering::Relaxed) * streams as u64;
-    open.wait_events(expected, Duration::from_secs(60)).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    let delivered = open.events.load(Ordering::Relaxed);
-    open.close().await;
-    let per_s = delivered as f64 / elapsed;
-    println!(
-        "  fan-out {}: {delivered} deliveries in {elapsed:.2} s = {per_s:.0}/s",
-        system.name()
-    );
-    Ok(per_s)
-}
-
-async fn ingest(system: &System, requests: usize) -> anyhow::Result<(f64, f64, f64)> {
-    let System::Spool { ingest, .. } = system else {
-        anyhow::bail!("ingest needs the spool system")
     };
-    let http = reqwest::Client::new();
-    let hooks: Vec<Webhook> = (0..requests)
-        .map(|i| Webhook::published(&format!("ingest{i}"), "blog", &i.to_string()))
-        .collect();
-    let next = AtomicU64::new(0);
-    let started = Instant::now();
-    let workers = (0..64).map(|_| async {
-        let mut latencies = Vec::new();
-        loop {
-            let i = usize::try_from(next.fetch_add(1, Ordering::Relaxed)).unwrap_or(usize::MAX);
-            let Some(hook) = hooks.get(i) else {
-                return latencies;
+    // On a thread of its own, so that it tops up at once instead of waiting behind the load
+    // clients' tasks.
+    let publisher = system.publisher();
+    let publishing = {
+        let (outstanding, stop, backlog) = (outstanding.clone(), stop.clone(), backlog.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let next_id = AtomicU64::new(0);
+            let connection = || async {
+                let socket = tokio::net::TcpStream::connect(publisher.addr).await?;
+                socket.set_nodelay(true)?;
+                let (read, mut write) = socket.into_split();
+                let mut read = tokio::io::BufReader::new(read);
+                let mut requests = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let missing = (target - backlog()) / connections as f64;
+                    if missing < 1.0 / connections as f64 {
+                        tokio::time::sleep(Duration::from_micros(200)).await;
+                        continue;
+                    }
+                    let n = (missing.ceil() as usize).clamp(1, burst);
+                    outstanding.fetch_add(n as u64, Ordering::Relaxed);
+                    requests.clear();
+                    for _ in 0..n {
+                        publisher.request(next_id.fetch_add(1, Ordering::Relaxed), &mut requests);
+                    }
+                    write.write_all(&requests).await?;
+                    for _ in 0..n {
+                        if read_response(&mut read).await? != 202 {
+                            outstanding.fetch_sub(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                anyhow::Ok(())
             };
-            let t = Instant::now();
-            if hook.send(&http, &ingest.base_url, SITE).await.0 == 202 {
-                latencies.push(t.elapsed());
+            runtime.block_on(async {
+                for done in futures::future::join_all((0..connections).map(|_| connection())).await
+                {
+                    done?;
+                }
+                anyhow::Ok(())
+            })
+        })
+    };
+    let measure = async {
+        // Warm-up: the backlog builds up and the servers reach their pace.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (started, delivered_before, published_before) = (
+            Instant::now(),
+            open.events.load(Ordering::Relaxed),
+            outstanding.load(Ordering::Relaxed),
+        );
+        let (mut starved, mut sum, mut samples) = (0u32, 0.0, 0u32);
+        while started.elapsed() < Duration::from_secs(seconds) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let b = backlog();
+            sum += b;
+            samples += 1;
+            if b < 1.0 {
+                starved += 1;
             }
         }
-    });
-    let mut latencies: Vec<Duration> = futures::future::join_all(workers)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+        let elapsed = started.elapsed().as_secs_f64();
+        let delivered = open.events.load(Ordering::Relaxed) - delivered_before;
+        let published = outstanding.load(Ordering::Relaxed) - published_before;
+        stop.store(true, Ordering::Relaxed);
+        Fanout {
+            system: system.name(),
+            per_s: delivered as f64 / elapsed,
+            mean_backlog: sum / f64::from(samples.max(1)),
+            starved: f64::from(starved) / f64::from(samples.max(1)),
+            published_per_s: published as f64 / elapsed,
+        }
+    };
+    let result = measure.await;
+    open.close().await;
+    tokio::task::spawn_blocking(move || publishing.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the fan-out publisher panicked"))??;
+    println!(
+        "  fan-out {}: {:.0} deliveries/s ({streams} streams, {:.0} events/s published); backlog {:.1} events per stream on average, below 1 for {:.1} % of the time",
+        result.system, result.per_s, result.published_per_s, result.mean_backlog, result.starved * 100.0
+    );
+    Ok(result)
+}
+
+/// Signed webhooks/s through the ingest at `INGEST_CONCURRENCY`, each answered 202 only
+/// after JetStream's ack. As light a client as `make bench-ingest`'s: every webhook is built
+/// and signed before the clock starts (signing is the CMS's cost), one keep-alive connection
+/// per worker, opened by a warm-up that is not counted.
+async fn measure_ingest(
+    base_url: &str,
+    site: &str,
+    requests: usize,
+    setup: &'static str,
+) -> anyhow::Result<Ingest> {
+    /// One ready-to-send webhook: the headers that sign it and its body.
+    struct Signed {
+        id: String,
+        timestamp: String,
+        signature: String,
+        body: bytes::Bytes,
+    }
+    static BATCH: AtomicU64 = AtomicU64::new(0);
+    let batch = BATCH.fetch_add(1, Ordering::Relaxed);
+    let sign = |i: usize| {
+        let hook = Webhook::published(&format!("ingest{batch}-{i}"), "blog", &i.to_string());
+        Signed {
+            signature: hook.signature(),
+            timestamp: hook.timestamp.to_string(),
+            body: bytes::Bytes::from(hook.body),
+            id: hook.id,
+        }
+    };
+    let warm_up = INGEST_CONCURRENCY * 8;
+    let hooks: Arc<Vec<Signed>> = Arc::new((0..warm_up + requests).map(sign).collect());
+    let url: Arc<str> = format!("{base_url}/v1/sites/{site}/webhooks").into();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(INGEST_CONCURRENCY)
+        .build()?;
+    // Sends hooks[from..to] with INGEST_CONCURRENCY workers (tasks of their own, spread
+    // over the runtime's threads); returns each accepted webhook's latency.
+    let send = |from: usize, to: usize| {
+        let next = Arc::new(AtomicU64::new(from as u64));
+        let workers: Vec<_> = (0..INGEST_CONCURRENCY)
+            .map(|_| {
+                let (hooks, url, http, next) =
+                    (hooks.clone(), url.clone(), http.clone(), next.clone());
+                tokio::spawn(async move {
+                    let (mut latencies, mut failed) = (Vec::new(), 0u64);
+                    loop {
+                        let i = usize::try_from(next.fetch_add(1, Ordering::Relaxed))
+                            .unwrap_or(usize::MAX);
+                        let Some(hook) = hooks.get(i).filter(|_| i < to) else {
+                            return (latencies, failed);
+                        };
+                        let t = Instant::now();
+                        let answer = http
+                            .post(&*url)
+                            .header("content-type", "application/json")
+                            .header("webhook-id", &hook.id)
+                            .header("webhook-timestamp", &hook.timestamp)
+                            .header("webhook-signature", &hook.signature)
+                            .body(hook.body.clone())
+                            .send()
+                            .await;
+                        let accepted = match answer {
+                            Ok(r) => r.status().as_u16() == 202 && r.bytes().await.is_ok(),
+                            Err(_) => false,
+                        };
+                        if accepted {
+                            latencies.push(t.elapsed());
+                        } else {
+                            failed += 1;
+                        }
+                    }
+                })
+            })
+            .collect();
+        async move {
+            let (mut latencies, mut failed) = (Vec::new(), 0);
+            for worker in workers {
+                if let Ok((l, f)) = worker.await {
+                    latencies.extend(l);
+                    failed += f;
+                }
+            }
+            (latencies, failed)
+        }
+    };
+    send(0, warm_up).await;
+    let started = Instant::now();
+    let (mut latencies, failed) = send(warm_up, warm_up + requests).await;
     let elapsed = started.elapsed();
     latencies.sort();
     let pick = |q: f64| {
@@ -384,13 +654,45 @@ async fn ingest(system: &System, requests: usize) -> anyhow::Result<(f64, f64, f
             .get(((latencies.len().max(1) - 1) as f64 * q) as usize)
             .map_or(0.0, |d| d.as_secs_f64() * 1e3)
     };
-    let per_s = latencies.len() as f64 / elapsed.as_secs_f64();
+    let result = Ingest {
+        setup,
+        per_s: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: pick(0.5),
+        p99_ms: pick(0.99),
+        failed,
+    };
     println!(
-        "  ingest: {per_s:.0} webhooks/s, p50 {:.2} ms, p99 {:.2} ms",
-        pick(0.5),
-        pick(0.99)
+        "  ingest ({setup}): {:.0} webhooks/s, p50 {:.2} ms, p99 {:.2} ms, {failed} failed",
+        result.per_s, result.p50_ms, result.p99_ms
     );
-    Ok((per_s, pick(0.5), pick(0.99)))
+    Ok(result)
+}
+
+/// The ingest with nothing but its nats-server: at `warn` (as every service of the suite)
+/// and at the default `info`, each a fresh `spool-ingest` process.
+async fn ingest_alone(requests: usize) -> anyhow::Result<Vec<Ingest>> {
+    let nats = NatsServer::start().await;
+    let dir = tempfile::tempdir()?;
+    let sites = write_sites_file(dir.path(), &[site_json(SITE)]);
+    let mut results = Vec::new();
+    for (setup, level) in [(INGEST_ALONE, "warn"), (INGEST_ALONE_INFO, "info")] {
+        let env = vec![
+            ("NATS_URL", nats.url()),
+            ("SPOOL_SITES_FILE", sites.display().to_string()),
+            ("RUST_LOG", level.to_string()),
+        ];
+        let ingest = ServiceProcess::start("spool-ingest", &env).await;
+        results.push(measure_ingest(&ingest.base_url, SITE, requests, setup).await?);
+    }
+    Ok(results)
+}
+
+/// The ingest of the running system (a delivery consuming every event meanwhile).
+async fn ingest_in_system(system: &System, requests: usize) -> anyhow::Result<Ingest> {
+    let System::Spool { ingest, .. } = system else {
+        anyhow::bail!("ingest needs the spool system")
+    };
+    measure_ingest(&ingest.base_url, SITE, requests, INGEST_SYSTEM).await
 }
 
 /// Raw JetStream publish-acks/s on the same server: the bound for the ingest.
@@ -576,11 +878,11 @@ pub async fn run_all(plan: &Plan, runs: usize) -> anyhow::Result<Vec<Run>> {
                         .push(latency(&baseline, streams, rate, plan.seconds).await?);
                 }
             }
-            result.fanout_per_s.push((
-                "baseline",
-                fanout(&baseline, plan.fanout_streams, plan.fanout_seconds).await?,
-            ));
+            result
+                .fanout
+                .push(fanout(&baseline, plan.fanout_streams, plan.fanout_seconds).await?);
         }
+        result.ingest = ingest_alone(plan.ingest_requests).await?;
         let mut spool = System::spool().await?;
         for &streams in &plan.streams {
             for &rate in &plan.rates {
@@ -589,15 +891,12 @@ pub async fn run_all(plan: &Plan, runs: usize) -> anyhow::Result<Vec<Run>> {
                     .push(latency(&spool, streams, rate, plan.seconds).await?);
             }
         }
-        result.fanout_per_s.push((
-            "spool",
-            fanout(&spool, plan.fanout_streams, plan.fanout_seconds).await?,
-        ));
-        (
-            result.ingest_per_s,
-            result.ingest_p50_ms,
-            result.ingest_p99_ms,
-        ) = ingest(&spool, plan.ingest_requests).await?;
+        result
+            .fanout
+            .push(fanout(&spool, plan.fanout_streams, plan.fanout_seconds).await?);
+        result
+            .ingest
+            .push(ingest_in_system(&spool, plan.ingest_requests).await?);
         result.jetstream_per_s = jetstream(&spool, plan.jetstream_messages).await?;
         result.resume_clients = plan.resume_clients;
         (

@@ -72,18 +72,18 @@ impl NatsServer {
             .open(&self.log)
             .expect("nats log file");
         let start_len = std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0);
-        let child = Command::new(binary())
+        let mut command = crate::process::tied_command(binary());
+        command
             .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
             .arg(self.store.path().join("js"))
             .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {:?} ({e}); run `make tools` or set NATS_SERVER_BIN",
-                    binary()
-                )
-            });
+            .stderr(Stdio::from(log));
+        let child = crate::process::spawn_tied(command).unwrap_or_else(|e| {
+            panic!(
+                "cannot start {:?} ({e}); run `make tools` or set NATS_SERVER_BIN",
+                binary()
+            )
+        });
         self.backend = Backend::Process(Some(child));
         self.port = self.wait_ready(start_len).await;
     }

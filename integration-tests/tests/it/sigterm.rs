@@ -23,6 +23,11 @@ async fn ingest_sigterm_finishes_in_flight_webhooks_and_exits_zero() {
         ],
     )
     .await;
+    // The fixture addresses the service itself (its children are started through
+    // `setpriv --pdeathsig`, which execs): signals and /proc reads reach spool-ingest.
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", ingest.pid())).unwrap();
+    assert_eq!(comm.trim(), "spool-ingest");
+    assert!(ingest.rss_kib() > 0);
     let http = reqwest::Client::new();
 
     // A burst of webhooks, with SIGTERM arriving in the middle of it.
