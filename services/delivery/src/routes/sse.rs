@@ -20,7 +20,7 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
@@ -38,6 +38,9 @@ use crate::window::Filter;
 
 /// Events read per catch-up step (window or JetStream).
 const PAGE: usize = 1000;
+
+/// Most bytes of live events sent as one chunk.
+const MAX_CHUNK: usize = 64 * 1024;
 
 pub async fn stream(
     State(state): State<AppState>,
@@ -185,6 +188,69 @@ impl Session {
     }
 }
 
+/// What the live side has for a client.
+enum Live {
+    Event(Arc<FeedEvent>),
+    Lagged,
+    Closed,
+}
+
+impl Session {
+    /// The next live event for this client, skipping what the catch-up already sent and
+    /// other collections; moves the cursor past it. (The caller counts deliveries once per
+    /// chunk rather than per event: every stream shares the counter.)
+    fn poll_live(&mut self, cx: &mut Context<'_>) -> Poll<Live> {
+        loop {
+            return match self.live.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(event))) => {
+                    if event.seq <= self.cursor || !self.filter.matches(&event) {
+                        continue;
+                    }
+                    self.cursor = event.seq;
+                    Poll::Ready(Live::Event(event))
+                }
+                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => {
+                    Poll::Ready(Live::Lagged)
+                }
+                Poll::Ready(None) => Poll::Ready(Live::Closed),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+    }
+
+    /// `first`, followed by every other live event already waiting (up to [`MAX_CHUNK`]
+    /// bytes): one chunk and one write for a burst instead of one per event. A lone event
+    /// goes out as the shared frame, uncopied.
+    fn with_ready_events(&mut self, first: Bytes, cx: &mut Context<'_>) -> Bytes {
+        let mut chunk = BytesMut::new();
+        let mut events = 1;
+        while first.len() + chunk.len() < MAX_CHUNK {
+            match self.poll_live(cx) {
+                Poll::Ready(Live::Event(event)) => {
+                    if chunk.is_empty() {
+                        chunk.reserve(MAX_CHUNK.min(first.len() * 8));
+                        chunk.extend_from_slice(&first);
+                    }
+                    chunk.extend_from_slice(&event.frame());
+                    events += 1;
+                }
+                Poll::Ready(Live::Lagged) => {
+                    self.fetch();
+                    break;
+                }
+                // Seen again on the next poll.
+                Poll::Ready(Live::Closed) | Poll::Pending => break,
+            }
+        }
+        self.delivered.increment(events);
+        if chunk.is_empty() {
+            first
+        } else {
+            chunk.freeze()
+        }
+    }
+}
+
 impl Stream for Session {
     type Item = Result<Bytes, Infallible>;
 
@@ -208,24 +274,19 @@ impl Stream for Session {
                 }
                 continue;
             }
-            match this.live.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(event))) => {
-                    // Skips what the catch-up already sent, and other collections.
-                    if event.seq > this.cursor && this.filter.matches(&event) {
-                        this.cursor = event.seq;
-                        this.delivered.increment(1);
-                        return Poll::Ready(Some(Ok(event.frame())));
-                    }
-                    continue;
+            match this.poll_live(cx) {
+                Poll::Ready(Live::Event(event)) => {
+                    let chunk = this.with_ready_events(event.frame(), cx);
+                    return Poll::Ready(Some(Ok(chunk)));
                 }
                 // Fell behind the site's channel: read what was missed, then go on.
-                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => {
+                Poll::Ready(Live::Lagged) => {
                     this.fetch();
                     continue;
                 }
                 // The feed closed the site's channels: shutting down. The client resumes
                 // elsewhere from its last id.
-                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Live::Closed) => return Poll::Ready(None),
                 Poll::Pending => {}
             }
             if this.heartbeat.poll_tick(cx).is_ready() {
