@@ -380,8 +380,8 @@ fn table(s: &Summary<'_>, svg: &Path) -> String {
          sent and not yet received, topping up in bursts of HTTP/1.1 \
          requests pipelined on {} keep-alive connections, the same way for both systems \
          (signed webhooks to the ingest, `POST /publish` to the baseline): the server always \
-         has events to send and no queue on the way overflows (Spool Live queues 64 frames \
-         per client; both use 1,024-event channels), so nothing is skipped. Deliveries \
+         has events to send and no queue on the way overflows (both read 1,024-event \
+         channels), so nothing is skipped. Deliveries \
          (events received, summed over the streams) are counted over {} s after a 0.5 s \
          warm-up. Backlog over that window, sampled every 5 ms: Spool Live {} events per \
          stream on average, below one event {} % of the time; baseline {}, {} %. Both servers \

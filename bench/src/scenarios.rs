@@ -404,8 +404,7 @@ pub struct Fanout {
 
 /// Events per stream the fan-out publisher keeps published and not yet received: enough
 /// that the server never waits for the next event, well within every queue on the way
-/// (Spool Live's 64 frames per client, both systems' 1,024-event channels), so that none
-/// overflows and nothing is skipped.
+/// (both systems' 1,024-event channels), so that none overflows and nothing is skipped.
 pub const FANOUT_BACKLOG: f64 = 32.0;
 /// Keep-alive connections the fan-out publisher uses, and the most requests it pipelines
 /// on one in a burst.

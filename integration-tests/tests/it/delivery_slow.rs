@@ -128,10 +128,15 @@ async fn a_stuck_client_is_dropped_while_a_fast_one_gets_everything_and_memory_s
     assert!(grown_mib < 32, "delivery RSS grew by {grown_mib} MiB");
 }
 
-/// The sequence numbers (`id:` lines) of every event frame in a raw SSE response. Frames
-/// are never split across chunks, so the chunked encoding's size lines stay apart.
+/// The sequence numbers (`id:` lines) of every event frame in a raw SSE response read so
+/// far (complete lines only). Frames are never split across chunks, so the chunked
+/// encoding's size lines stay apart.
 fn ids_in(raw: &[u8]) -> Vec<u64> {
-    String::from_utf8_lossy(raw)
+    let complete = raw
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |end| end + 1);
+    String::from_utf8_lossy(&raw[..complete])
         .split('\n')
         .filter_map(|line| line.strip_prefix("id: "))
         .map(|id| id.trim().parse().unwrap())
