@@ -48,7 +48,8 @@ pub struct CommonConfig {
     pub nats_creds: Option<PathBuf>,
 
     /// Sites file (a JSON or YAML array of sites) written to the registry at start-up.
-    #[arg(long, env = "SPOOL_SITES_FILE")]
+    /// Empty (`SPOOL_SITES_FILE=`, as templates often render it) means none.
+    #[arg(long, env = "SPOOL_SITES_FILE", value_parser = any_path)]
     pub sites_file: Option<PathBuf>,
 
     /// Bearer token of the admin API; unset = admin API disabled.
@@ -118,6 +119,20 @@ impl CommonConfig {
     }
 }
 
+/// A path, empty allowed (clap's own path parser refuses an empty value).
+fn any_path(value: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(value))
+}
+
+impl CommonConfig {
+    /// The sites file to apply at start-up, if one is set (and not empty).
+    pub fn sites_file(&self) -> Option<&std::path::Path> {
+        self.sites_file
+            .as_deref()
+            .filter(|path| !path.as_os_str().is_empty())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +154,21 @@ mod tests {
         assert_eq!(cli.common.streams.dlq_max_age, d.dlq_max_age);
         assert_eq!(cli.common.streams.max_bytes, -1);
         assert_eq!(cli.common.streams.replicas, 1);
+    }
+
+    #[test]
+    fn an_empty_sites_file_means_none() {
+        let cli = Cli::try_parse_from(["x", "--sites-file="]).unwrap();
+        assert_eq!(cli.common.sites_file(), None);
+        let cli = Cli::try_parse_from(["x", "--sites-file", "sites.yaml"]).unwrap();
+        assert_eq!(
+            cli.common.sites_file(),
+            Some(std::path::Path::new("sites.yaml"))
+        );
+        assert_eq!(
+            Cli::try_parse_from(["x"]).unwrap().common.sites_file(),
+            None
+        );
     }
 
     #[test]

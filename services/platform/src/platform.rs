@@ -35,7 +35,7 @@ impl Platform {
         service: &str,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Platform> {
-        let sites = match &config.sites_file {
+        let sites = match config.sites_file() {
             Some(path) => registry::load_sites_file(path)?,
             None => Vec::new(),
         };
