@@ -1,7 +1,8 @@
 //! The bare limit of this box: a minimal tokio SSE broadcast server with no NATS, no auth
 //! and no JSON handling. `POST /publish` broadcasts its body as one `data:` frame to every
-//! `GET /stream`; the same load client and publisher measure it and Spool Live. Each stream
-//! writes the frames it has ready in one write.
+//! `GET /stream`; the same load client and publisher measure it and Spool Live (the
+//! publisher posts the event JSON the delivery would send, so the frames are the same size).
+//! Each stream writes the frames it has ready in one write.
 
 use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};

@@ -288,6 +288,7 @@ fn table(s: &Summary<'_>, svg: &Path) -> String {
         e.date, e.cpu, e.cores, e.memory, e.kernel, e.rustc, e.nats_server, s.runs, e.command
     );
     md.push_str("## Webhook → every SSE client: latency (ms), against a bare SSE broadcast\n\n");
+    md.push_str("The same load client reads both servers. Spool Live: a signed webhook to the ingest, stored by JetStream, read by the delivery's feed and sent to every stream. The bare broadcast (tokio, no NATS, no auth, no JSON handling; each stream writes the frames it has ready in one write): `POST /publish` of the very event JSON the delivery sends for the same webhook, broadcast as a `data:` frame, so that both write and the clients read the same bytes per event. Latency runs from the publisher's send to the client's parse, for every event and stream.\n\n");
     md.push_str("| streams | events/s | Spool p50 | Spool p99 | Spool p99.9 | bare p50 | bare p99 | bare p99.9 | p50 ratio | p99 ratio | delivered | target ≤ 1.3× |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in &s.latency {
         md.push_str(&format!(

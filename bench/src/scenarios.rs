@@ -224,17 +224,33 @@ impl System {
         }
     }
 
+    /// What the baseline broadcasts for webhook `id` with `body`: the very event JSON the
+    /// delivery sends for it (the same mapping, the same fields and sizes), so that both
+    /// servers write, and the clients read, the same bytes per event.
+    fn delivered_json(id: &str, body: &str, seq: u64) -> String {
+        let event = (|| {
+            let site: spool_proto::Site = serde_json::from_value(site_json(SITE)).ok()?;
+            let payload = serde_json::from_str(body).ok()?;
+            let now = time::OffsetDateTime::now_utc();
+            let mut event = spool_proto::mapping::to_event(&site, id, payload, now);
+            event.seq = seq;
+            serde_json::to_string(&event).ok()
+        })();
+        event.unwrap_or_else(|| body.to_owned())
+    }
+
     /// Publishes one event stamped with `sent_us`; true when accepted.
     async fn publish(&self, http: &reqwest::Client, i: u64, sent_us: u64) -> bool {
         let body = System::event_body(i, sent_us);
+        let id = format!("b{i}-{sent_us}");
         match self {
             System::Spool { ingest, .. } => {
-                let hook = Webhook::with_body(&format!("b{i}-{sent_us}"), body.into_bytes());
+                let hook = Webhook::with_body(&id, body.into_bytes());
                 hook.send(http, &ingest.base_url, SITE).await.0 == 202
             }
             System::Baseline { port, .. } => http
                 .post(format!("http://127.0.0.1:{port}/publish"))
-                .body(body)
+                .body(System::delivered_json(&id, &body, i + 1))
                 .send()
                 .await
                 .is_ok_and(|r| r.status().as_u16() == 202),
@@ -268,6 +284,7 @@ impl Publisher {
             );
             out.extend_from_slice(&hook.body);
         } else {
+            let body = System::delivered_json(&format!("f{i}"), &body, i + 1);
             out.extend_from_slice(
                 format!(
                     "POST /publish HTTP/1.1\r\nhost: bench\r\ncontent-length: {}\r\n\r\n",

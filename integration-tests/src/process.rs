@@ -1,5 +1,5 @@
 //! A service binary of this build run as its own process, configured by environment as in
-//! production (`SPOOL_LISTEN=127.0.0.1:0`, JSON logs from which the bound port is read).
+//! production (`SPOOL_LISTEN=127.0.0.1:0`; the bound port is read from /proc).
 //!
 //! Every child process of the fixtures (and of the benchmark) is started with
 //! [`tied_command`] and [`spawn_tied`], so that it dies with the process that started it,
