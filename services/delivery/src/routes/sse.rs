@@ -218,36 +218,44 @@ impl Session {
         }
     }
 
-    /// `first`, followed by every other live event already waiting (up to [`MAX_CHUNK`]
-    /// bytes): one chunk and one write for a burst instead of one per event. A lone event
-    /// goes out as the shared frame, uncopied.
+    /// `first`, followed by every other live event already waiting: one chunk and one
+    /// write for a burst instead of one per event.
     fn with_ready_events(&mut self, first: Bytes, cx: &mut Context<'_>) -> Bytes {
-        let mut chunk = BytesMut::new();
         let mut events = 1;
-        while first.len() + chunk.len() < MAX_CHUNK {
-            match self.poll_live(cx) {
-                Poll::Ready(Live::Event(event)) => {
-                    if chunk.is_empty() {
-                        chunk.reserve(MAX_CHUNK.min(first.len() * 8));
-                        chunk.extend_from_slice(&first);
-                    }
-                    chunk.extend_from_slice(&event.frame());
-                    events += 1;
-                }
-                Poll::Ready(Live::Lagged) => {
-                    self.fetch();
-                    break;
-                }
-                // Seen again on the next poll.
-                Poll::Ready(Live::Closed) | Poll::Pending => break,
+        let chunk = join(first, || match self.poll_live(cx) {
+            Poll::Ready(Live::Event(event)) => {
+                events += 1;
+                Some(event.frame())
             }
-        }
+            Poll::Ready(Live::Lagged) => {
+                self.fetch();
+                None
+            }
+            // Seen again on the next poll.
+            Poll::Ready(Live::Closed) | Poll::Pending => None,
+        });
         self.delivered.increment(events);
+        chunk
+    }
+}
+
+/// `first` and the frames `next` yields, as one chunk of about [`MAX_CHUNK`] bytes at most
+/// (the last frame may go past it). A lone frame goes out as it is, shared, not copied.
+fn join(first: Bytes, mut next: impl FnMut() -> Option<Bytes>) -> Bytes {
+    let mut chunk = BytesMut::new();
+    // `chunk` holds `first` too once it has anything.
+    while chunk.len().max(first.len()) < MAX_CHUNK {
+        let Some(frame) = next() else { break };
         if chunk.is_empty() {
-            first
-        } else {
-            chunk.freeze()
+            chunk.reserve(MAX_CHUNK.min((first.len() + frame.len()) * 8));
+            chunk.extend_from_slice(&first);
         }
+        chunk.extend_from_slice(&frame);
+    }
+    if chunk.is_empty() {
+        first
+    } else {
+        chunk.freeze()
     }
 }
 
@@ -258,7 +266,8 @@ impl Stream for Session {
         let this = self.get_mut();
         loop {
             if let Some(frame) = this.queued.pop_front() {
-                return Poll::Ready(Some(Ok(frame)));
+                let queued = &mut this.queued;
+                return Poll::Ready(Some(Ok(join(frame, || queued.pop_front()))));
             }
             if let Some(fetching) = this.fetching.as_mut() {
                 match fetching.as_mut().poll(cx) {
@@ -294,5 +303,33 @@ impl Stream for Session {
             }
             return Poll::Pending;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lone_frame_goes_out_uncopied() {
+        let frame = Bytes::from_static(b"id: 1\ndata: {}\n\n");
+        let chunk = join(frame.clone(), || None);
+        assert_eq!(chunk.as_ptr(), frame.as_ptr());
+    }
+
+    #[test]
+    fn waiting_frames_are_joined_in_order_up_to_the_chunk_size() {
+        let frame = |i: usize| Bytes::from(format!("id: {i}\ndata: {}\n\n", "x".repeat(1000)));
+        let mut waiting: VecDeque<Bytes> = (2..200).map(frame).collect();
+        let chunk = join(frame(1), || waiting.pop_front());
+        // Frames are added while the chunk is below MAX_CHUNK: the last one crosses it.
+        let mut expected = Vec::new();
+        let mut last = 0;
+        while expected.len() < MAX_CHUNK {
+            last += 1;
+            expected.extend_from_slice(&frame(last));
+        }
+        assert_eq!(chunk, expected, "in order, until MAX_CHUNK was reached");
+        assert_eq!(waiting.front(), Some(&frame(last + 1)), "the rest waits");
     }
 }
