@@ -173,6 +173,16 @@ impl Session {
         }));
     }
 
+    /// Fell behind the site's channel: follows it again from its end, rather than wading
+    /// through the old events it still holds, and reads what was missed from the window.
+    /// Subscribing before reading is what makes the start gapless too; the live side skips
+    /// by sequence whatever the catch-up also returns.
+    fn recover(&mut self) {
+        let live = self.hub.subscribe(&self.filter.site);
+        self.live = BroadcastStream::new(live.events);
+        self.fetch();
+    }
+
     /// Queues a page read, and asks for the next one until the client is caught up.
     fn take_page(&mut self, page: CatchUp) {
         if let Some(reset) = &page.reset {
@@ -228,7 +238,7 @@ impl Session {
                 Some(event.frame())
             }
             Poll::Ready(Live::Lagged) => {
-                self.fetch();
+                self.recover();
                 None
             }
             // Seen again on the next poll.
@@ -288,9 +298,8 @@ impl Stream for Session {
                     let chunk = this.with_ready_events(event.frame(), cx);
                     return Poll::Ready(Some(Ok(chunk)));
                 }
-                // Fell behind the site's channel: read what was missed, then go on.
                 Poll::Ready(Live::Lagged) => {
-                    this.fetch();
+                    this.recover();
                     continue;
                 }
                 // The feed closed the site's channels: shutting down. The client resumes
