@@ -33,25 +33,52 @@ fn big(i: usize, size: usize) -> Webhook {
     Webhook::with_body(&format!("big{i}"), body.to_string().into_bytes())
 }
 
+/// NATS, an in-process ingest, and the delivery binary with a public site `acme` and
+/// `env` on top.
+struct System {
+    ingest: TestService,
+    delivery: ServiceProcess,
+    _nats: NatsServer,
+    _dir: tempfile::TempDir,
+}
+
+impl System {
+    async fn start(env: &[(&str, String)]) -> System {
+        let nats = NatsServer::start().await;
+        let ingest = TestService::start(ingest_config(&nats.url())).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut site = site_json("acme");
+        site["public"] = true.into();
+        let sites = write_sites_file(dir.path(), &[site]);
+        let mut all = vec![
+            ("NATS_URL", nats.url()),
+            ("SPOOL_SITES_FILE", sites.display().to_string()),
+        ];
+        all.extend(env.iter().cloned());
+        let delivery = ServiceProcess::start("spool-delivery", &all).await;
+        System {
+            ingest,
+            delivery,
+            _nats: nats,
+            _dir: dir,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_stuck_client_is_dropped_while_a_fast_one_gets_everything_and_memory_stays_bounded() {
     const EVENTS: usize = 120;
     const SIZE: usize = 200 * 1024;
-    let nats = NatsServer::start().await;
-    let ingest = TestService::start(ingest_config(&nats.url())).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut site = site_json("acme");
-    site["public"] = true.into();
-    let sites = write_sites_file(dir.path(), &[site]);
-    let delivery = ServiceProcess::start(
-        "spool-delivery",
-        &[
-            ("NATS_URL", nats.url()),
-            ("SPOOL_SITES_FILE", sites.display().to_string()),
-            ("SPOOL_SLOW_CLIENT_TIMEOUT", "300ms".into()),
-            ("SPOOL_REPLAY_WINDOW_BYTES", (1024 * 1024).to_string()),
-        ],
-    )
+    // Bound by name, so that NATS and the sites file live as long as the test.
+    let System {
+        ingest,
+        delivery,
+        _nats,
+        _dir,
+    } = System::start(&[
+        ("SPOOL_SLOW_CLIENT_TIMEOUT", "300ms".into()),
+        ("SPOOL_REPLAY_WINDOW_BYTES", (1024 * 1024).to_string()),
+    ])
     .await;
     let http = reqwest::Client::new();
     let mut stuck = Vec::new();
@@ -149,21 +176,13 @@ async fn a_client_that_pauses_past_its_sites_channel_catches_up_with_every_event
     // paused client's socket can take, so the live side moves on without it.
     const EVENTS: u64 = 1500;
     const SIZE: usize = 8 * 1024;
-    let nats = NatsServer::start().await;
-    let ingest = TestService::start(ingest_config(&nats.url())).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut site = site_json("acme");
-    site["public"] = true.into();
-    let sites = write_sites_file(dir.path(), &[site]);
-    let delivery = ServiceProcess::start(
-        "spool-delivery",
-        &[
-            ("NATS_URL", nats.url()),
-            ("SPOOL_SITES_FILE", sites.display().to_string()),
-            ("SPOOL_SLOW_CLIENT_TIMEOUT", "120s".into()),
-        ],
-    )
-    .await;
+    // Bound by name, so that NATS and the sites file live as long as the test.
+    let System {
+        ingest,
+        delivery,
+        _nats,
+        _dir,
+    } = System::start(&[("SPOOL_SLOW_CLIENT_TIMEOUT", "120s".into())]).await;
     let mut paused = stuck_client(&delivery.base_url).await;
     let http = reqwest::Client::new();
     let metrics = delivery.url("/metrics");
