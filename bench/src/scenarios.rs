@@ -880,36 +880,29 @@ async fn revalidator(system: &System, events: usize) -> anyhow::Result<(f64, usi
     Ok((per_s, calls))
 }
 
+/// The steps both systems go through: latency at every size and rate, then fan-out.
+async fn streaming(system: &System, plan: &Plan, result: &mut Run) -> anyhow::Result<()> {
+    for &streams in &plan.streams {
+        for &rate in &plan.rates {
+            let measured = latency(system, streams, rate, plan.seconds).await?;
+            result.latency.push(measured);
+        }
+    }
+    let measured = fanout(system, plan.fanout_streams, plan.fanout_seconds).await?;
+    result.fanout.push(measured);
+    Ok(())
+}
+
 pub async fn run_all(plan: &Plan, runs: usize) -> anyhow::Result<Vec<Run>> {
     let mut all = Vec::new();
     for run in 1..=runs {
         eprintln!("run {run} of {runs}");
         let mut result = Run::default();
-        {
-            let baseline = System::baseline()?;
-            for &streams in &plan.streams {
-                for &rate in &plan.rates {
-                    result
-                        .latency
-                        .push(latency(&baseline, streams, rate, plan.seconds).await?);
-                }
-            }
-            result
-                .fanout
-                .push(fanout(&baseline, plan.fanout_streams, plan.fanout_seconds).await?);
-        }
+        // The baseline stops (is dropped) before Spool Live starts.
+        streaming(&System::baseline()?, plan, &mut result).await?;
         result.ingest = ingest_alone(plan.ingest_requests).await?;
         let mut spool = System::spool().await?;
-        for &streams in &plan.streams {
-            for &rate in &plan.rates {
-                result
-                    .latency
-                    .push(latency(&spool, streams, rate, plan.seconds).await?);
-            }
-        }
-        result
-            .fanout
-            .push(fanout(&spool, plan.fanout_streams, plan.fanout_seconds).await?);
+        streaming(&spool, plan, &mut result).await?;
         result
             .ingest
             .push(ingest_in_system(&spool, plan.ingest_requests).await?);

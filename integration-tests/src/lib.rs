@@ -38,6 +38,33 @@ where
     }
 }
 
+/// The Prometheus text a service serves on `/metrics` (`None` while it can't be read).
+pub async fn metrics_text(http: &reqwest::Client, base_url: &str) -> Option<String> {
+    let response = http.get(format!("{base_url}/metrics")).send().await.ok()?;
+    response.text().await.ok()
+}
+
+/// Waits, within `deadline`, until a service's `/metrics` holds `line` (a metric with its
+/// labels and value, e.g. `spool_delivery_open_connections{kind="sse"} 1`).
+pub async fn eventually_metric(
+    http: &reqwest::Client,
+    base_url: &str,
+    line: &str,
+    deadline: Duration,
+) {
+    eventually(
+        &format!("{line:?} in {base_url}/metrics"),
+        deadline,
+        || async {
+            metrics_text(http, base_url)
+                .await?
+                .contains(line)
+                .then_some(())
+        },
+    )
+    .await
+}
+
 /// The secret every test site uses unless it says otherwise.
 pub const TEST_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// The admin token the test services are started with.

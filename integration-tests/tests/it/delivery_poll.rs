@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use spool_integration_tests::services::{delivery_config, TestService};
 use spool_integration_tests::sse::SseClient;
 use spool_integration_tests::webhook::Webhook;
-use spool_integration_tests::{eventually, read_events, site_json};
+use spool_integration_tests::{eventually, metrics_text, read_events, site_json};
 
 use crate::delivery_stream::System;
 
@@ -231,13 +231,7 @@ async fn limit_pages_through_every_event_exactly_once_in_order() {
 /// The value of `spool_delivery_open_connections{kind="poll"}` (shared by every service of
 /// this test process, so only a hint that *a* poll is open).
 async fn open_polls(delivery: &TestService) -> f64 {
-    let text = delivery
-        .http
-        .get(delivery.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
+    let text = metrics_text(&delivery.http, &delivery.base_url)
         .await
         .unwrap();
     text.lines()

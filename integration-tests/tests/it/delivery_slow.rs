@@ -8,7 +8,7 @@ use spool_integration_tests::process::ServiceProcess;
 use spool_integration_tests::services::{ingest_config, TestService};
 use spool_integration_tests::sse::SseClient;
 use spool_integration_tests::webhook::Webhook;
-use spool_integration_tests::{eventually, site_json, write_sites_file};
+use spool_integration_tests::{eventually_metric, metrics_text, site_json, write_sites_file};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Opens an SSE stream on a socket with a tiny receive buffer, and never reads it.
@@ -94,13 +94,8 @@ async fn a_stuck_client_is_dropped_while_a_fast_one_gets_everything_and_memory_s
             .event,
         "ready"
     );
-    let metrics = delivery.url("/metrics");
-    eventually("four open streams", Duration::from_secs(10), || async {
-        let text = http.get(&metrics).send().await.ok()?.text().await.ok()?;
-        text.contains("spool_delivery_open_connections{kind=\"sse\"} 4")
-            .then_some(())
-    })
-    .await;
+    let open = "spool_delivery_open_connections{kind=\"sse\"} 4";
+    eventually_metric(&http, &delivery.base_url, open, Duration::from_secs(10)).await;
     let rss_before = delivery.rss_kib();
 
     // ~24 MB of events: far more than the stuck sockets' buffers can take.
@@ -126,16 +121,8 @@ async fn a_stuck_client_is_dropped_while_a_fast_one_gets_everything_and_memory_s
     assert_eq!(ids.len(), EVENTS);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order");
 
-    eventually(
-        "the stuck clients to be dropped",
-        Duration::from_secs(20),
-        || async {
-            let text = http.get(&metrics).send().await.ok()?.text().await.ok()?;
-            text.contains("spool_delivery_slow_clients_dropped_total 3")
-                .then_some(())
-        },
-    )
-    .await;
+    let dropped = "spool_delivery_slow_clients_dropped_total 3";
+    eventually_metric(&http, &delivery.base_url, dropped, Duration::from_secs(20)).await;
     // Their connections are closed: reading what was buffered ends in EOF (or a reset).
     for mut socket in stuck {
         let mut sink = vec![0u8; 64 * 1024];
@@ -185,13 +172,8 @@ async fn a_client_that_pauses_past_its_sites_channel_catches_up_with_every_event
     } = System::start(&[("SPOOL_SLOW_CLIENT_TIMEOUT", "120s".into())]).await;
     let mut paused = stuck_client(&delivery.base_url).await;
     let http = reqwest::Client::new();
-    let metrics = delivery.url("/metrics");
-    eventually("the stream to open", Duration::from_secs(10), || async {
-        let text = http.get(&metrics).send().await.ok()?.text().await.ok()?;
-        text.contains("spool_delivery_open_connections{kind=\"sse\"} 1")
-            .then_some(())
-    })
-    .await;
+    let open = "spool_delivery_open_connections{kind=\"sse\"} 1";
+    eventually_metric(&http, &delivery.base_url, open, Duration::from_secs(10)).await;
     for i in 0..EVENTS as usize {
         let (status, body) = big(i, SIZE)
             .send(&ingest.http, &ingest.base_url, "acme")
@@ -212,14 +194,7 @@ async fn a_client_that_pauses_past_its_sites_channel_catches_up_with_every_event
     .await;
     assert!(read_all.is_ok(), "got {} events", ids_in(&raw).len());
     assert_eq!(ids_in(&raw), (1..=EVENTS).collect::<Vec<_>>());
-    let text = http
-        .get(&metrics)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&http, &delivery.base_url).await.unwrap();
     assert!(
         text.contains("spool_delivery_replays_total{source=\"window\"}"),
         "the client caught up from the window after falling behind the channel"

@@ -7,7 +7,7 @@ use spool_integration_tests::nats_server::NatsServer;
 use spool_integration_tests::process::ServiceProcess;
 use spool_integration_tests::sse::SseClient;
 use spool_integration_tests::webhook::Webhook;
-use spool_integration_tests::{eventually, read_events, site_json, write_sites_file};
+use spool_integration_tests::{eventually_metric, read_events, site_json, write_sites_file};
 
 #[tokio::test]
 async fn ingest_sigterm_finishes_in_flight_webhooks_and_exits_zero() {
@@ -107,17 +107,8 @@ async fn delivery_sigterm_ends_open_streams_and_exits_zero() {
             )
         }
     });
-    let metrics = delivery.url("/metrics");
-    eventually(
-        "the long-poll to be waiting",
-        Duration::from_secs(10),
-        || async {
-            let text = http.get(&metrics).send().await.ok()?.text().await.ok()?;
-            text.contains("spool_delivery_open_connections{kind=\"poll\"} 1")
-                .then_some(())
-        },
-    )
-    .await;
+    let waiting = "spool_delivery_open_connections{kind=\"poll\"} 1";
+    eventually_metric(&http, &delivery.base_url, waiting, Duration::from_secs(10)).await;
 
     delivery.sigterm();
     for client in &mut clients {

@@ -3,7 +3,7 @@
 use spool_integration_tests::nats_server::NatsServer;
 use spool_integration_tests::services::{ingest_config, TestIngest};
 use spool_integration_tests::webhook::Webhook;
-use spool_integration_tests::{read_events, site_json, status};
+use spool_integration_tests::{metrics_text, read_events, site_json, status};
 
 async fn setup() -> (NatsServer, TestIngest) {
     let nats = NatsServer::start().await;
@@ -234,15 +234,7 @@ async fn health_ready_and_metrics() {
             .0,
         202
     );
-    let text = ingest
-        .http
-        .get(ingest.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&ingest.http, &ingest.base_url).await.unwrap();
     assert!(
         text.contains("spool_ingest_webhooks_total{outcome=\"accepted\"}"),
         "{text}"

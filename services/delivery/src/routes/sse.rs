@@ -115,6 +115,13 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// What the live side has for a client.
+enum Live {
+    Event(Arc<FeedEvent>),
+    Lagged,
+    Closed,
+}
+
 /// A catch-up page being read (from the window, or from JetStream).
 type Fetch = Pin<Box<dyn Future<Output = Result<CatchUp, HistoryError>> + Send>>;
 
@@ -196,16 +203,7 @@ impl Session {
             self.fetch();
         }
     }
-}
 
-/// What the live side has for a client.
-enum Live {
-    Event(Arc<FeedEvent>),
-    Lagged,
-    Closed,
-}
-
-impl Session {
     /// The next live event for this client, skipping what the catch-up already sent and
     /// other collections; moves the cursor past it. (The caller counts deliveries once per
     /// chunk rather than per event: every stream shares the counter.)
