@@ -4,6 +4,9 @@
 //!
 //! `spool-bench [--quick] [--runs N] [--out results]`; `spool-bench baseline` is the bare
 //! server (started by the suite as a process of its own).
+//!
+//! `spool-bench --latency STREAMS RATE [--seconds S] [--runs N]` measures one latency row,
+//! for both systems, and only prints it (to rerun a row, or to profile the servers under it).
 
 mod baseline;
 mod report;
@@ -28,6 +31,18 @@ async fn main() -> anyhow::Result<()> {
     let runs: usize = spool_integration_tests::cli_arg("--runs", if quick { 1 } else { 3 });
     let out: String = spool_integration_tests::cli_arg("--out", "results".to_string());
     raise_fd_limit();
+    if let Some(i) = args.iter().position(|a| a == "--latency") {
+        let number = |k: usize| args.get(i + k).and_then(|v| v.parse::<u64>().ok());
+        let (Some(streams), Some(rate)) = (number(1), number(2)) else {
+            anyhow::bail!("usage: spool-bench --latency STREAMS RATE [--seconds S] [--runs N]");
+        };
+        let seconds = spool_integration_tests::cli_arg("--seconds", 10);
+        let streams = usize::try_from(streams)?;
+        for rows in scenarios::latency_row(streams, rate, seconds, runs).await? {
+            println!("{rows:?}");
+        }
+        return Ok(());
+    }
     let plan = if quick {
         scenarios::Plan::quick()
     } else {

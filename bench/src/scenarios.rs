@@ -77,6 +77,8 @@ pub struct Latency {
     pub expected: u64,
     pub rss_idle_kib_per_stream: f64,
     pub rss_load_kib: u64,
+    /// Streams that fell behind the site's channel and caught up from the window.
+    pub lagged_streams: u64,
 }
 
 /// Signed webhooks through a `spool-ingest` process, acknowledged after JetStream's ack.
@@ -191,6 +193,19 @@ impl System {
             System::Spool { .. } => format!("/v1/sites/{SITE}/events/stream"),
             System::Baseline { .. } => "/stream".into(),
         }
+    }
+
+    /// How many times the delivery's streams fell behind their site's channel so far (the
+    /// baseline skips what a lagging stream missed, which shows as events not delivered).
+    async fn lagged_streams(&self, http: &reqwest::Client) -> u64 {
+        let System::Spool { delivery, .. } = self else {
+            return 0;
+        };
+        let text = spool_integration_tests::metrics_text(http, &delivery.base_url).await;
+        let lagged = text.and_then(|t| {
+            spool_integration_tests::metric_value(&t, "spool_delivery_streams_lagged_total")
+        });
+        lagged.unwrap_or(0.0) as u64
     }
 
     /// Resident memory of the streaming server, KiB.
@@ -376,6 +391,7 @@ async fn latency(
         .await?;
     tokio::time::sleep(Duration::from_millis(300)).await; // let the server's allocations settle
     let idle = system.rss_kib();
+    let lagged_before = system.lagged_streams(&http).await;
     let sampler = async {
         tokio::time::sleep(Duration::from_secs(seconds) / 2).await;
         system.rss_kib()
@@ -384,6 +400,10 @@ async fn latency(
     let expected = sent * streams as u64;
     open.wait_events(expected, Duration::from_secs(30)).await;
     let results = open.close().await;
+    let lagged_streams = system
+        .lagged_streams(&http)
+        .await
+        .saturating_sub(lagged_before);
     let mut merged = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut delivered = 0;
     for r in &results {
@@ -401,6 +421,7 @@ async fn latency(
         expected,
         rss_idle_kib_per_stream: idle.saturating_sub(before) as f64 / streams as f64,
         rss_load_kib: load,
+        lagged_streams,
     };
     eprintln!("  {result:?}");
     Ok(result)
@@ -891,6 +912,24 @@ async fn streaming(system: &System, plan: &Plan, result: &mut Run) -> anyhow::Re
     let measured = fanout(system, plan.fanout_streams, plan.fanout_seconds).await?;
     result.fanout.push(measured);
     Ok(())
+}
+
+/// One latency row, `runs` times: the baseline's, then Spool Live's.
+pub async fn latency_row(
+    streams: usize,
+    rate: u64,
+    seconds: u64,
+    runs: usize,
+) -> anyhow::Result<Vec<Latency>> {
+    let mut rows = Vec::new();
+    for _ in 0..runs {
+        rows.push(latency(&System::baseline()?, streams, rate, seconds).await?);
+    }
+    let spool = System::spool().await?;
+    for _ in 0..runs {
+        rows.push(latency(&spool, streams, rate, seconds).await?);
+    }
+    Ok(rows)
 }
 
 pub async fn run_all(plan: &Plan, runs: usize) -> anyhow::Result<Vec<Run>> {

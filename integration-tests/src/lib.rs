@@ -44,6 +44,13 @@ pub async fn metrics_text(http: &reqwest::Client, base_url: &str) -> Option<Stri
     response.text().await.ok()
 }
 
+/// The value of a metric (its name with its labels, as `/metrics` writes them) in a scrape.
+pub fn metric_value(text: &str, metric: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(metric)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 /// Waits, within `deadline`, until a service's `/metrics` holds `line` (a metric with its
 /// labels and value, e.g. `spool_delivery_open_connections{kind="sse"} 1`).
 pub async fn eventually_metric(

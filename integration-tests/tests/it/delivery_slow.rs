@@ -8,7 +8,9 @@ use spool_integration_tests::process::ServiceProcess;
 use spool_integration_tests::services::{ingest_config, TestService};
 use spool_integration_tests::sse::SseClient;
 use spool_integration_tests::webhook::Webhook;
-use spool_integration_tests::{eventually_metric, metrics_text, site_json, write_sites_file};
+use spool_integration_tests::{
+    eventually_metric, metric_value, metrics_text, site_json, write_sites_file,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Opens an SSE stream on a socket with a tiny receive buffer, and never reads it.
@@ -198,5 +200,10 @@ async fn a_client_that_pauses_past_its_sites_channel_catches_up_with_every_event
     assert!(
         text.contains("spool_delivery_replays_total{source=\"window\"}"),
         "the client caught up from the window after falling behind the channel"
+    );
+    let lagged = metric_value(&text, "spool_delivery_streams_lagged_total");
+    assert!(
+        lagged.is_some_and(|n| n >= 1.0),
+        "the lag is counted: {lagged:?}"
     );
 }

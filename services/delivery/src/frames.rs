@@ -42,6 +42,11 @@ impl FeedEvent {
         self.frame.clone()
     }
 
+    /// The SSE frame, to copy into a larger chunk (no reference counting).
+    pub fn frame_bytes(&self) -> &[u8] {
+        &self.frame
+    }
+
     /// Bytes held for this event.
     pub fn size(&self) -> usize {
         self.frame.len()

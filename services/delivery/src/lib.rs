@@ -13,6 +13,7 @@ pub mod error;
 pub mod frames;
 pub mod history;
 pub mod hub;
+pub mod live;
 pub mod routes;
 pub mod window;
 

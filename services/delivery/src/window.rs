@@ -17,11 +17,14 @@ pub struct Filter {
 
 impl Filter {
     pub fn matches(&self, event: &FeedEvent) -> bool {
-        event.site == self.site
-            && self
-                .collections
-                .as_ref()
-                .is_none_or(|list| list.contains(&event.collection))
+        event.site == self.site && self.wants_collection(event)
+    }
+
+    /// Whether the client wants the event's collection (for events known to be its site's).
+    pub fn wants_collection(&self, event: &FeedEvent) -> bool {
+        self.collections
+            .as_ref()
+            .is_none_or(|list| list.contains(&event.collection))
     }
 }
 

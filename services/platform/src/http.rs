@@ -168,6 +168,12 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// hyper's read and write buffer limit per connection (its default is about 400 KiB): a
+/// client that reads slowly holds at most about this much of the process's memory besides
+/// the response chunk being written, and a request head (line and headers) larger than
+/// this is answered `431 Request Header Fields Too Large`.
+const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
+
 /// Serves `router` until `shutdown` is cancelled: then stops accepting, lets each
 /// connection finish its in-flight response (SSE and long-poll responses end on the same
 /// token) and returns when all are closed. Bound the wait with a timeout of your own.
@@ -199,8 +205,9 @@ pub async fn serve(
         let service = TowerToHyperService::new(router.clone());
         let shutdown = shutdown.clone();
         connections.spawn(async move {
-            let connection =
-                hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+            let connection = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(MAX_CONNECTION_BUFFER)
+                .serve_connection(io, service);
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
@@ -341,5 +348,41 @@ mod tests {
         assert_eq!(bearer_token(&with("Basic abc")), None);
         assert_eq!(bearer_token(&with("Bearerabc")), None);
         assert_eq!(bearer_token(&axum::http::HeaderMap::new()), None);
+    }
+
+    /// The status line a raw HTTP/1.1 request with a `x-big` header of `size` bytes gets.
+    async fn status_with_header_of(addr: SocketAddr, size: usize) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\nconnection: close\r\n\r\n",
+            "a".repeat(size)
+        );
+        // The server may answer and close before it has read the whole request.
+        let _ = socket.write_all(request.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = socket.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        answer.lines().next().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_request_head_over_the_connection_buffer_is_refused_with_431() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let router = Router::new().route("/healthz", get(healthz));
+        let server = tokio::spawn(serve(
+            listener,
+            router,
+            shutdown.clone(),
+            ConnectionLimits::default(),
+        ));
+        let fits = status_with_header_of(addr, MAX_CONNECTION_BUFFER / 2).await;
+        assert_eq!(fits, "HTTP/1.1 200 OK");
+        let too_big = status_with_header_of(addr, MAX_CONNECTION_BUFFER * 2).await;
+        assert_eq!(too_big, "HTTP/1.1 431 Request Header Fields Too Large");
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
     }
 }

@@ -21,10 +21,8 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use tokio::time::{Interval, MissedTickBehavior};
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
-use tokio_stream::wrappers::BroadcastStream;
 
 use super::access::{self, with_cors};
 use super::params::{stream_cursor, Params};
@@ -34,6 +32,7 @@ use crate::error::DeliveryError;
 use crate::frames::{self, FeedEvent};
 use crate::history::{History, HistoryError};
 use crate::hub::Hub;
+use crate::live::{LiveReceiver, Recv};
 use crate::window::Filter;
 
 /// Events read per catch-up step (window or JetStream).
@@ -115,13 +114,6 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// What the live side has for a client.
-enum Live {
-    Event(Arc<FeedEvent>),
-    Lagged,
-    Closed,
-}
-
 /// A catch-up page being read (from the window, or from JetStream).
 type Fetch = Pin<Box<dyn Future<Output = Result<CatchUp, HistoryError>> + Send>>;
 
@@ -133,7 +125,7 @@ struct Session {
     filter: Filter,
     /// The last sequence sent (or skipped as not the client's).
     cursor: u64,
-    live: BroadcastStream<Arc<FeedEvent>>,
+    live: LiveReceiver<Arc<FeedEvent>>,
     /// Frames ready to send before anything else (`ready`, a catch-up page).
     queued: VecDeque<Bytes>,
     fetching: Option<Fetch>,
@@ -158,7 +150,7 @@ impl Session {
             history: state.history.clone(),
             filter,
             cursor: cursor.unwrap_or(live.last_seq),
-            live: BroadcastStream::new(live.events),
+            live: LiveReceiver::new(live.events),
             queued: VecDeque::from([frames::ready(millis(settings.retry), live.last_seq)]),
             fetching: None,
             heartbeat,
@@ -185,8 +177,9 @@ impl Session {
     /// Subscribing before reading is what makes the start gapless too; the live side skips
     /// by sequence whatever the catch-up also returns.
     fn recover(&mut self) {
+        metrics::counter!("spool_delivery_streams_lagged_total").increment(1);
         let live = self.hub.subscribe(&self.filter.site);
-        self.live = BroadcastStream::new(live.events);
+        self.live = LiveReceiver::new(live.events);
         self.fetch();
     }
 
@@ -207,64 +200,95 @@ impl Session {
     /// The next live event for this client, skipping what the catch-up already sent and
     /// other collections; moves the cursor past it. (The caller counts deliveries once per
     /// chunk rather than per event: every stream shares the counter.)
-    fn poll_live(&mut self, cx: &mut Context<'_>) -> Poll<Live> {
+    fn poll_live(&mut self, cx: &mut Context<'_>) -> Poll<Recv<Arc<FeedEvent>>> {
         loop {
-            return match self.live.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(event))) => {
-                    if event.seq <= self.cursor || !self.filter.matches(&event) {
-                        continue;
-                    }
-                    self.cursor = event.seq;
-                    Poll::Ready(Live::Event(event))
+            let live = std::task::ready!(self.live.poll_recv(cx));
+            if let Recv::Item(event) = &live {
+                // The site's channel carries only the site's events.
+                if event.seq <= self.cursor || !self.filter.wants_collection(event) {
+                    continue;
                 }
-                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => {
-                    Poll::Ready(Live::Lagged)
-                }
-                Poll::Ready(None) => Poll::Ready(Live::Closed),
-                Poll::Pending => Poll::Pending,
-            };
+                self.cursor = event.seq;
+            }
+            return Poll::Ready(live);
         }
     }
 
     /// `first`, followed by every other live event already waiting: one chunk and one
     /// write for a burst instead of one per event.
     fn with_ready_events(&mut self, first: Bytes, cx: &mut Context<'_>) -> Bytes {
+        let mut chunk = Chunk::new(first);
         let mut events = 1;
-        let chunk = join(first, || match self.poll_live(cx) {
-            Poll::Ready(Live::Event(event)) => {
-                events += 1;
-                Some(event.frame())
+        while chunk.has_room() {
+            match self.poll_live(cx) {
+                Poll::Ready(Recv::Item(event)) => {
+                    events += 1;
+                    let waiting = self.live.waiting();
+                    chunk.push(event.frame_bytes(), waiting);
+                }
+                Poll::Ready(Recv::Lagged) => {
+                    self.recover();
+                    break;
+                }
+                // Seen again on the next poll.
+                Poll::Ready(Recv::Closed) | Poll::Pending => break,
             }
-            Poll::Ready(Live::Lagged) => {
-                self.recover();
-                None
-            }
-            // Seen again on the next poll.
-            Poll::Ready(Live::Closed) | Poll::Pending => None,
-        });
+        }
         self.delivered.increment(events);
-        chunk
+        chunk.finish()
     }
 }
 
-/// `first` and the frames `next` yields, as one chunk of about [`MAX_CHUNK`] bytes at most
-/// (the last frame may go past it). A lone frame goes out as it is, shared, not copied.
-fn join(first: Bytes, mut next: impl FnMut() -> Option<Bytes>) -> Bytes {
-    let mut chunk = BytesMut::new();
-    // `chunk` holds `first` too once it has anything.
-    while chunk.len().max(first.len()) < MAX_CHUNK {
-        let Some(frame) = next() else { break };
-        if chunk.is_empty() {
-            chunk.reserve(MAX_CHUNK.min((first.len() + frame.len()) * 8));
-            chunk.extend_from_slice(&first);
+/// Frames sent as one chunk of about [`MAX_CHUNK`] bytes at most (the last frame may go
+/// past it). A lone frame goes out as it is, shared, not copied.
+struct Chunk {
+    first: Bytes,
+    /// `first` and the frames after it, once there is a second.
+    joined: BytesMut,
+}
+
+impl Chunk {
+    fn new(first: Bytes) -> Chunk {
+        Chunk {
+            first,
+            joined: BytesMut::new(),
         }
-        chunk.extend_from_slice(&frame);
     }
-    if chunk.is_empty() {
-        first
-    } else {
-        chunk.freeze()
+
+    fn has_room(&self) -> bool {
+        self.joined.len().max(self.first.len()) < MAX_CHUNK
     }
+
+    /// Appends `frame`; `more` frames of about its size are known to follow, so that the
+    /// chunk is sized once rather than grown.
+    fn push(&mut self, frame: &[u8], more: usize) {
+        if self.joined.is_empty() {
+            let expected = self.first.len() + frame.len().saturating_mul(more.saturating_add(1));
+            self.joined.reserve(expected.min(MAX_CHUNK + frame.len()));
+            self.joined.extend_from_slice(&self.first);
+        }
+        self.joined.extend_from_slice(frame);
+    }
+
+    fn finish(self) -> Bytes {
+        if self.joined.is_empty() {
+            self.first
+        } else {
+            self.joined.freeze()
+        }
+    }
+}
+
+/// The frames waiting in `queued` (the `ready` frame, a catch-up page), as one chunk.
+fn take_chunk(queued: &mut VecDeque<Bytes>) -> Option<Bytes> {
+    let mut chunk = Chunk::new(queued.pop_front()?);
+    while chunk.has_room() {
+        let Some(frame) = queued.pop_front() else {
+            break;
+        };
+        chunk.push(&frame, queued.len());
+    }
+    Some(chunk.finish())
 }
 
 impl Stream for Session {
@@ -273,9 +297,8 @@ impl Stream for Session {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
-            if let Some(frame) = this.queued.pop_front() {
-                let queued = &mut this.queued;
-                return Poll::Ready(Some(Ok(join(frame, || queued.pop_front()))));
+            if let Some(chunk) = take_chunk(&mut this.queued) {
+                return Poll::Ready(Some(Ok(chunk)));
             }
             if let Some(fetching) = this.fetching.as_mut() {
                 match fetching.as_mut().poll(cx) {
@@ -292,17 +315,17 @@ impl Stream for Session {
                 continue;
             }
             match this.poll_live(cx) {
-                Poll::Ready(Live::Event(event)) => {
+                Poll::Ready(Recv::Item(event)) => {
                     let chunk = this.with_ready_events(event.frame(), cx);
                     return Poll::Ready(Some(Ok(chunk)));
                 }
-                Poll::Ready(Live::Lagged) => {
+                Poll::Ready(Recv::Lagged) => {
                     this.recover();
                     continue;
                 }
                 // The feed closed the site's channels: shutting down. The client resumes
                 // elsewhere from its last id.
-                Poll::Ready(Live::Closed) => return Poll::Ready(None),
+                Poll::Ready(Recv::Closed) => return Poll::Ready(None),
                 Poll::Pending => {}
             }
             if this.heartbeat.poll_tick(cx).is_ready() {
@@ -317,18 +340,22 @@ impl Stream for Session {
 mod tests {
     use super::*;
 
+    fn frame(i: usize) -> Bytes {
+        Bytes::from(format!("id: {i}\ndata: {}\n\n", "x".repeat(1000)))
+    }
+
     #[test]
     fn a_lone_frame_goes_out_uncopied() {
         let frame = Bytes::from_static(b"id: 1\ndata: {}\n\n");
-        let chunk = join(frame.clone(), || None);
+        let chunk = take_chunk(&mut VecDeque::from([frame.clone()])).unwrap();
         assert_eq!(chunk.as_ptr(), frame.as_ptr());
+        assert!(take_chunk(&mut VecDeque::new()).is_none());
     }
 
     #[test]
     fn waiting_frames_are_joined_in_order_up_to_the_chunk_size() {
-        let frame = |i: usize| Bytes::from(format!("id: {i}\ndata: {}\n\n", "x".repeat(1000)));
-        let mut waiting: VecDeque<Bytes> = (2..200).map(frame).collect();
-        let chunk = join(frame(1), || waiting.pop_front());
+        let mut waiting: VecDeque<Bytes> = (1..200).map(frame).collect();
+        let chunk = take_chunk(&mut waiting).unwrap();
         // Frames are added while the chunk is below MAX_CHUNK: the last one crosses it.
         let mut expected = Vec::new();
         let mut last = 0;
@@ -338,5 +365,25 @@ mod tests {
         }
         assert_eq!(chunk, expected, "in order, until MAX_CHUNK was reached");
         assert_eq!(waiting.front(), Some(&frame(last + 1)), "the rest waits");
+    }
+
+    #[test]
+    fn a_chunk_is_sized_once_for_the_frames_known_to_follow() {
+        let mut chunk = Chunk::new(frame(1));
+        chunk.push(&frame(2), 500);
+        let capacity = chunk.joined.capacity();
+        let mut next = 3;
+        while chunk.has_room() {
+            chunk.push(&frame(next), 500);
+            next += 1;
+        }
+        assert_eq!(chunk.joined.capacity(), capacity, "never grown");
+        assert!(capacity < MAX_CHUNK + 2 * frame(1).len(), "nor oversized");
+        let mut few = Chunk::new(frame(1));
+        few.push(&frame(2), 1);
+        assert!(
+            few.joined.capacity() < 4 * frame(1).len(),
+            "a short burst, a small chunk"
+        );
     }
 }
