@@ -1,5 +1,6 @@
-//! An OTLP/HTTP trace receiver on port 0: decodes what the services export (protobuf, with
-//! the `opentelemetry-proto` types — no mock of the SDK) and keeps every span.
+//! An OTLP trace receiver on port 0, over HTTP (`http/protobuf`) or gRPC: decodes what the
+//! services export (protobuf, with the `opentelemetry-proto` types and, for gRPC, its
+//! generated tonic service — no mock of the SDK) and keeps every span.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -7,7 +8,12 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prost::Message as _;
@@ -60,13 +66,35 @@ fn text(kv: &KeyValue) -> String {
     }
 }
 
-async fn receive(
-    State(spans): State<Arc<Mutex<Vec<ExportedSpan>>>>,
-    body: Bytes,
-) -> (StatusCode, Vec<u8>) {
+type Spans = Arc<Mutex<Vec<ExportedSpan>>>;
+
+/// `POST /v1/traces` of OTLP/HTTP.
+async fn receive(State(spans): State<Spans>, body: Bytes) -> (StatusCode, Vec<u8>) {
     let Ok(request) = ExportTraceServiceRequest::decode(body) else {
         return (StatusCode::BAD_REQUEST, Vec::new());
     };
+    spans.lock().expect("spans lock").extend(flatten(request));
+    (StatusCode::OK, Vec::new())
+}
+
+/// `TraceService/Export` of OTLP/gRPC.
+struct GrpcCollector(Spans);
+
+#[tonic::async_trait]
+impl TraceService for GrpcCollector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans = flatten(request.into_inner());
+        self.0.lock().expect("spans lock").extend(spans);
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+fn flatten(request: ExportTraceServiceRequest) -> Vec<ExportedSpan> {
     let mut out = Vec::new();
     for resource_spans in request.resource_spans {
         let service = resource_spans
@@ -94,13 +122,12 @@ async fn receive(
             }
         }
     }
-    spans.lock().expect("spans lock").extend(out);
-    (StatusCode::OK, Vec::new())
+    out
 }
 
 impl OtlpReceiver {
     pub async fn start() -> OtlpReceiver {
-        let spans = Arc::new(Mutex::new(Vec::new()));
+        let spans = Spans::default();
         let app = axum::Router::new()
             .route("/v1/traces", axum::routing::post(receive))
             .with_state(spans.clone());
@@ -110,6 +137,32 @@ impl OtlpReceiver {
         let port = listener.local_addr().expect("port").port();
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
+        });
+        OtlpReceiver {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            spans,
+            _server: Arc::new(server),
+        }
+    }
+
+    /// The same receiver over gRPC (`OTEL_EXPORTER_OTLP_PROTOCOL=grpc`; the endpoint is
+    /// used as it is).
+    pub async fn start_grpc() -> OtlpReceiver {
+        let spans = Spans::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind OTLP/gRPC receiver");
+        let port = listener.local_addr().expect("port").port();
+        let incoming = futures::stream::unfold(listener, |listener| async move {
+            let accepted = listener.accept().await.map(|(stream, _)| stream);
+            Some((accepted, listener))
+        });
+        let service = TraceServiceServer::new(GrpcCollector(spans.clone()));
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await;
         });
         OtlpReceiver {
             endpoint: format!("http://127.0.0.1:{port}"),

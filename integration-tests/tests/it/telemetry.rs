@@ -145,3 +145,42 @@ async fn one_webhook_is_one_trace_across_the_three_services_and_the_site() {
     );
     assert!(text.contains("spool_revalidator_events_total 1"), "{text}");
 }
+
+#[tokio::test]
+async fn spans_are_exported_over_otlp_grpc_too() {
+    let nats = NatsServer::start().await;
+    let otlp = OtlpReceiver::start_grpc().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sites = write_sites_file(dir.path(), &[site_json("acme")]);
+    let env = [
+        ("NATS_URL", nats.url()),
+        ("SPOOL_SITES_FILE", sites.display().to_string()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint.clone()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_string()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50".to_string()),
+    ];
+    let ingest = ServiceProcess::start("spool-ingest", &env).await;
+    let _delivery = ServiceProcess::start("spool-delivery", &env).await;
+
+    let http = reqwest::Client::new();
+    let r = Webhook::published("msg_grpc", "blog", "1")
+        .request(&http, &ingest.base_url, "acme")
+        .header("traceparent", format!("00-{TRACE}-{CMS_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    let spans = otlp
+        .wait_trace(TRACE, |spans| {
+            find(spans, "spool-ingest", SpanKind::Producer).is_some()
+                && find(spans, "spool-delivery", SpanKind::Consumer).is_some()
+        })
+        .await;
+    let server = find(&spans, "spool-ingest", SpanKind::Server).unwrap();
+    let producer = find(&spans, "spool-ingest", SpanKind::Producer).unwrap();
+    let fanout = find(&spans, "spool-delivery", SpanKind::Consumer).unwrap();
+    assert_eq!(server.parent_span_id, CMS_SPAN);
+    assert_eq!(producer.parent_span_id, server.span_id);
+    assert_eq!(fanout.parent_span_id, producer.span_id);
+}
