@@ -901,33 +901,52 @@ async fn revalidator(system: &System, events: usize) -> anyhow::Result<(f64, usi
     Ok((per_s, calls))
 }
 
-/// The steps both systems go through: latency at every size and rate, then fan-out.
-async fn streaming(system: &System, plan: &Plan, result: &mut Run) -> anyhow::Result<()> {
+/// One latency row on a fresh bare server, then on `spool`, back to back, so that both meet
+/// the machine in the same state (a shared machine's speed drifts within minutes). The bare
+/// server stops before Spool Live is measured.
+async fn latency_pair(
+    spool: &System,
+    streams: usize,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<[Latency; 2]> {
+    let bare = latency(&System::baseline()?, streams, rate, seconds).await?;
+    Ok([bare, latency(spool, streams, rate, seconds).await?])
+}
+
+/// The steps both systems go through, each side by side: latency at every size and rate,
+/// then fan-out.
+async fn side_by_side(spool: &System, plan: &Plan, result: &mut Run) -> anyhow::Result<()> {
     for &streams in &plan.streams {
         for &rate in &plan.rates {
-            let measured = latency(system, streams, rate, plan.seconds).await?;
-            result.latency.push(measured);
+            result
+                .latency
+                .extend(latency_pair(spool, streams, rate, plan.seconds).await?);
         }
     }
-    let measured = fanout(system, plan.fanout_streams, plan.fanout_seconds).await?;
+    let bare = fanout(
+        &System::baseline()?,
+        plan.fanout_streams,
+        plan.fanout_seconds,
+    )
+    .await?;
+    result.fanout.push(bare);
+    let measured = fanout(spool, plan.fanout_streams, plan.fanout_seconds).await?;
     result.fanout.push(measured);
     Ok(())
 }
 
-/// One latency row, `runs` times: the baseline's, then Spool Live's.
+/// One latency row, `runs` times, side by side.
 pub async fn latency_row(
     streams: usize,
     rate: u64,
     seconds: u64,
     runs: usize,
 ) -> anyhow::Result<Vec<Latency>> {
+    let spool = System::spool().await?;
     let mut rows = Vec::new();
     for _ in 0..runs {
-        rows.push(latency(&System::baseline()?, streams, rate, seconds).await?);
-    }
-    let spool = System::spool().await?;
-    for _ in 0..runs {
-        rows.push(latency(&spool, streams, rate, seconds).await?);
+        rows.extend(latency_pair(&spool, streams, rate, seconds).await?);
     }
     Ok(rows)
 }
@@ -937,11 +956,9 @@ pub async fn run_all(plan: &Plan, runs: usize) -> anyhow::Result<Vec<Run>> {
     for run in 1..=runs {
         eprintln!("run {run} of {runs}");
         let mut result = Run::default();
-        // The baseline stops (is dropped) before Spool Live starts.
-        streaming(&System::baseline()?, plan, &mut result).await?;
         result.ingest = ingest_alone(plan.ingest_requests).await?;
         let mut spool = System::spool().await?;
-        streaming(&spool, plan, &mut result).await?;
+        side_by_side(&spool, plan, &mut result).await?;
         result
             .ingest
             .push(ingest_in_system(&spool, plan.ingest_requests).await?);
