@@ -1,7 +1,7 @@
 //! One stream's reader of its site's broadcast channel. Events already waiting are taken
 //! straight from the channel; a future is set up only when the channel is empty and the
 //! stream has to wait. (`tokio_stream`'s `BroadcastStream` sets up a boxed future for every
-//! event, which at ten thousand streams was a tenth of the delivery's CPU.)
+//! event: about a tenth of the delivery's CPU samples at 10,000 streams × 1,000 events/s.)
 
 use std::task::{Context, Poll};
 
@@ -63,6 +63,7 @@ impl<T: Clone + Send + 'static> LiveReceiver<T> {
     }
 
     /// Events waiting in the channel for this reader (0 while it waits for the next one).
+    /// Takes the channel's lock: ask once per burst, not per event.
     pub fn waiting(&self) -> usize {
         self.rx.as_ref().map_or(0, Receiver::len)
     }

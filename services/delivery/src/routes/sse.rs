@@ -223,8 +223,7 @@ impl Session {
             match self.poll_live(cx) {
                 Poll::Ready(Recv::Item(event)) => {
                     events += 1;
-                    let waiting = self.live.waiting();
-                    chunk.push(event.frame_bytes(), waiting);
+                    chunk.push(event.frame_bytes(), || self.live.waiting());
                 }
                 Poll::Ready(Recv::Lagged) => {
                     self.recover();
@@ -259,11 +258,12 @@ impl Chunk {
         self.joined.len().max(self.first.len()) < MAX_CHUNK
     }
 
-    /// Appends `frame`; `more` frames of about its size are known to follow, so that the
-    /// chunk is sized once rather than grown.
-    fn push(&mut self, frame: &[u8], more: usize) {
+    /// Appends `frame`. On the first, `more()` tells how many frames of about its size are
+    /// known to follow, so that the chunk is sized once rather than grown (asked once per
+    /// chunk: counting what waits in a channel takes its lock).
+    fn push(&mut self, frame: &[u8], more: impl FnOnce() -> usize) {
         if self.joined.is_empty() {
-            let expected = self.first.len() + frame.len().saturating_mul(more.saturating_add(1));
+            let expected = self.first.len() + frame.len().saturating_mul(more().saturating_add(1));
             self.joined.reserve(expected.min(MAX_CHUNK + frame.len()));
             self.joined.extend_from_slice(&self.first);
         }
@@ -286,7 +286,7 @@ fn take_chunk(queued: &mut VecDeque<Bytes>) -> Option<Bytes> {
         let Some(frame) = queued.pop_front() else {
             break;
         };
-        chunk.push(&frame, queued.len());
+        chunk.push(&frame, || queued.len());
     }
     Some(chunk.finish())
 }
@@ -370,17 +370,17 @@ mod tests {
     #[test]
     fn a_chunk_is_sized_once_for_the_frames_known_to_follow() {
         let mut chunk = Chunk::new(frame(1));
-        chunk.push(&frame(2), 500);
+        chunk.push(&frame(2), || 500);
         let capacity = chunk.joined.capacity();
         let mut next = 3;
         while chunk.has_room() {
-            chunk.push(&frame(next), 500);
+            chunk.push(&frame(next), || unreachable!("asked once"));
             next += 1;
         }
         assert_eq!(chunk.joined.capacity(), capacity, "never grown");
         assert!(capacity < MAX_CHUNK + 2 * frame(1).len(), "nor oversized");
         let mut few = Chunk::new(frame(1));
-        few.push(&frame(2), 1);
+        few.push(&frame(2), || 1);
         assert!(
             few.joined.capacity() < 4 * frame(1).len(),
             "a short burst, a small chunk"
