@@ -18,6 +18,17 @@ fn find<'a>(spans: &'a [ExportedSpan], service: &str, kind: SpanKind) -> Option<
         .find(|s| s.service == service && s.kind == kind)
 }
 
+/// A webhook of the site `acme`, sent as a child of the CMS's span; accepted.
+async fn send_in_the_cms_trace(http: &reqwest::Client, ingest: &str, id: &str) {
+    let r = Webhook::published(id, "blog", "1")
+        .request(http, ingest, "acme")
+        .header("traceparent", format!("00-{TRACE}-{CMS_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+}
+
 #[tokio::test]
 async fn one_webhook_is_one_trace_across_the_three_services_and_the_site() {
     let nats = NatsServer::start().await;
@@ -44,13 +55,7 @@ async fn one_webhook_is_one_trace_across_the_three_services_and_the_site() {
     let revalidator = ServiceProcess::start("spool-revalidator", &env).await;
 
     let http = reqwest::Client::new();
-    let r = Webhook::published("msg_traced", "blog", "1")
-        .request(&http, &ingest.base_url, "acme")
-        .header("traceparent", format!("00-{TRACE}-{CMS_SPAN}-01"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    send_in_the_cms_trace(&http, &ingest.base_url, "msg_traced").await;
 
     let calls = target
         .wait_calls(1, std::time::Duration::from_secs(20))
@@ -163,13 +168,7 @@ async fn spans_are_exported_over_otlp_grpc_too() {
     let _delivery = ServiceProcess::start("spool-delivery", &env).await;
 
     let http = reqwest::Client::new();
-    let r = Webhook::published("msg_grpc", "blog", "1")
-        .request(&http, &ingest.base_url, "acme")
-        .header("traceparent", format!("00-{TRACE}-{CMS_SPAN}-01"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    send_in_the_cms_trace(&http, &ingest.base_url, "msg_grpc").await;
 
     let spans = otlp
         .wait_trace(TRACE, |spans| {
