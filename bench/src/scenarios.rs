@@ -197,15 +197,17 @@ impl System {
 
     /// How many times the delivery's streams fell behind their site's channel so far (the
     /// baseline skips what a lagging stream missed, which shows as events not delivered).
-    async fn lagged_streams(&self, http: &reqwest::Client) -> u64 {
+    async fn lagged_streams(&self, http: &reqwest::Client) -> anyhow::Result<u64> {
         let System::Spool { delivery, .. } = self else {
-            return 0;
+            return Ok(0);
         };
-        let text = spool_integration_tests::metrics_text(http, &delivery.base_url).await;
-        let lagged = text.and_then(|t| {
-            spool_integration_tests::metric_value(&t, "spool_delivery_streams_lagged_total")
-        });
-        lagged.unwrap_or(0.0) as u64
+        let text = spool_integration_tests::metrics_text(http, &delivery.base_url)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("scraping the delivery's /metrics failed"))?;
+        // The counter appears with the first lag.
+        let lagged =
+            spool_integration_tests::metric_value(&text, "spool_delivery_streams_lagged_total");
+        Ok(lagged.unwrap_or(0.0) as u64)
     }
 
     /// Resident memory of the streaming server, KiB.
@@ -391,7 +393,7 @@ async fn latency(
         .await?;
     tokio::time::sleep(Duration::from_millis(300)).await; // let the server's allocations settle
     let idle = system.rss_kib();
-    let lagged_before = system.lagged_streams(&http).await;
+    let lagged_before = system.lagged_streams(&http).await?;
     let sampler = async {
         tokio::time::sleep(Duration::from_secs(seconds) / 2).await;
         system.rss_kib()
@@ -402,7 +404,7 @@ async fn latency(
     let results = open.close().await;
     let lagged_streams = system
         .lagged_streams(&http)
-        .await
+        .await?
         .saturating_sub(lagged_before);
     let mut merged = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut delivered = 0;

@@ -186,3 +186,15 @@ pub fn cli_arg<T: std::str::FromStr>(name: &str, default: T) -> T {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn metric_value_reads_exactly_the_metric_asked_for() {
+        let text = "# TYPE a_total counter\na_total_more 7\na_total 3\nb{kind=\"sse\"} 2.5\n";
+        assert_eq!(super::metric_value(text, "a_total"), Some(3.0));
+        assert_eq!(super::metric_value(text, "b{kind=\"sse\"}"), Some(2.5));
+        assert_eq!(super::metric_value(text, "b"), None);
+        assert_eq!(super::metric_value(text, "c_total"), None);
+    }
+}

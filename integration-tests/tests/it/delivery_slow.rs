@@ -71,17 +71,12 @@ impl System {
 async fn a_stuck_client_is_dropped_while_a_fast_one_gets_everything_and_memory_stays_bounded() {
     const EVENTS: usize = 120;
     const SIZE: usize = 200 * 1024;
-    // Bound by name, so that NATS and the sites file live as long as the test.
-    let System {
-        ingest,
-        delivery,
-        _nats,
-        _dir,
-    } = System::start(&[
+    let system = System::start(&[
         ("SPOOL_SLOW_CLIENT_TIMEOUT", "300ms".into()),
         ("SPOOL_REPLAY_WINDOW_BYTES", (1024 * 1024).to_string()),
     ])
     .await;
+    let (ingest, delivery) = (&system.ingest, &system.delivery);
     let http = reqwest::Client::new();
     let mut stuck = Vec::new();
     for _ in 0..3 {
@@ -165,13 +160,8 @@ async fn a_client_that_pauses_past_its_sites_channel_catches_up_with_every_event
     // paused client's socket can take, so the live side moves on without it.
     const EVENTS: u64 = 1500;
     const SIZE: usize = 8 * 1024;
-    // Bound by name, so that NATS and the sites file live as long as the test.
-    let System {
-        ingest,
-        delivery,
-        _nats,
-        _dir,
-    } = System::start(&[("SPOOL_SLOW_CLIENT_TIMEOUT", "120s".into())]).await;
+    let system = System::start(&[("SPOOL_SLOW_CLIENT_TIMEOUT", "120s".into())]).await;
+    let (ingest, delivery) = (&system.ingest, &system.delivery);
     let mut paused = stuck_client(&delivery.base_url).await;
     let http = reqwest::Client::new();
     let open = "spool_delivery_open_connections{kind=\"sse\"} 1";
