@@ -85,10 +85,11 @@ pub enum Reply {
     Hang,
 }
 
-#[derive(Default)]
 struct Inner {
     calls: Vec<Call>,
     script: VecDeque<Reply>,
+    /// The answer once the script is used up.
+    otherwise: Reply,
 }
 
 #[derive(Clone)]
@@ -105,6 +106,7 @@ impl TestReceiver {
         let inner = Arc::new(Mutex::new(Inner {
             calls: Vec::new(),
             script: script.into_iter().collect(),
+            otherwise: Reply::Status(200),
         }));
         let app = axum::Router::new()
             .route("/api/revalidate", axum::routing::post(receive))
@@ -121,6 +123,12 @@ impl TestReceiver {
             url: format!("http://127.0.0.1:{port}/api/revalidate"),
             _server: Arc::new(server),
         }
+    }
+
+    /// What the target answers once its script is used up (200 unless set): a target that
+    /// is down for good, then back.
+    pub fn otherwise(&self, reply: Reply) {
+        self.inner.lock().expect("receiver lock").otherwise = reply;
     }
 
     /// Appends to the script.
@@ -179,7 +187,8 @@ async fn receive(
             body: serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null),
             raw,
         });
-        inner.script.pop_front().unwrap_or(Reply::Status(200))
+        let otherwise = inner.otherwise.clone();
+        inner.script.pop_front().unwrap_or(otherwise)
     };
     match reply {
         Reply::Status(code) => StatusCode::from_u16(code)
