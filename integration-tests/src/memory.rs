@@ -68,7 +68,9 @@ impl Report {
 
     /// A table for logs and the bench report.
     pub fn table(&self) -> String {
-        let mut out = String::from("service            | RSS after each round (KiB)           | KiB per 100k events\n");
+        let mut out = String::from(
+            "service            | RSS after each round (KiB)           | KiB per 100k events\n",
+        );
         for (i, name) in SERVICES.iter().enumerate() {
             let rss: Vec<String> = self.samples[i].iter().map(u64::to_string).collect();
             out.push_str(&format!(
@@ -121,7 +123,10 @@ pub async fn measure(plan: Plan) -> Report {
         ("SPOOL_RETRY_SCHEDULE", "100ms,200ms".to_string()),
         // The delivery's window is full after the warm-up (a full window stays its size:
         // SPOOL_REPLAY_WINDOW bounds it), so what grows after that is kept per event.
-        ("SPOOL_REPLAY_WINDOW", (plan.per_round / 2).max(100).to_string()),
+        (
+            "SPOOL_REPLAY_WINDOW",
+            (plan.per_round / 2).max(100).to_string(),
+        ),
     ];
     let processes = [
         ServiceProcess::start(SERVICES[0], &env).await,

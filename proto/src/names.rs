@@ -13,6 +13,13 @@ pub const EVENTS_SUBJECTS: &str = "spool.events.>";
 pub const DLQ_STREAM: &str = "SPOOL_DLQ";
 /// Subjects of [`DLQ_STREAM`].
 pub const DLQ_SUBJECTS: &str = "spool.dlq.>";
+/// The JetStream stream holding the revalidator's waiting retries (work queue, message
+/// schedules: nats-server 2.12+).
+pub const RETRY_STREAM: &str = "SPOOL_RETRY";
+/// Subjects of [`RETRY_STREAM`].
+pub const RETRY_SUBJECTS: &str = "spool.retry.>";
+/// Where the server publishes a retry when its time comes: what the retry consumer reads.
+pub const RETRY_DUE_FILTER: &str = "spool.retry.due.>";
 /// The NATS KV bucket of the site registry (key = site id, value = site JSON).
 pub const SITES_BUCKET: &str = "spool-sites";
 /// JetStream's de-duplication header.
@@ -31,6 +38,22 @@ pub fn site_events_filter(site: &SiteId) -> String {
 /// `spool.dlq.<site>`: where the revalidator dead-letters a site's failed calls.
 pub fn dlq_subject(site: &SiteId) -> String {
     format!("spool.dlq.{site}")
+}
+
+/// `spool.retry.at.<site>.<target>.<call>`: a retry's schedule, one per call (a schedule's
+/// subject is its identity: publishing the same call again replaces it).
+pub fn retry_schedule_subject(site: &SiteId, target: &str, call: &str) -> String {
+    format!("spool.retry.at.{site}.{target}.{call}")
+}
+
+/// `spool.retry.due.<site>.<target>`: where a retry lands when its time comes.
+pub fn retry_due_subject(site: &SiteId, target: &str) -> String {
+    format!("spool.retry.due.{site}.{target}")
+}
+
+/// `spool.retry.*.<site>.>`: every retry of one site, waiting or due.
+pub fn site_retries_filter(site: &SiteId) -> String {
+    format!("spool.retry.*.{site}.>")
 }
 
 /// The `Nats-Msg-Id` of a webhook: the site and the CMS's `webhook-id`, so that the same id

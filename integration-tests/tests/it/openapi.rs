@@ -365,18 +365,16 @@ async fn the_delivery_router_serves_every_route() {
 #[tokio::test]
 async fn the_revalidator_router_serves_every_route() {
     use spool_revalidator::dispatch::Dispatcher;
-    use spool_revalidator::retry::RetryPolicy;
     use spool_revalidator::routes::{router, AppState, ROUTES};
     use spool_revalidator::worker::{Settings, Worker};
+    use spool_revalidator::RevalidatorConfig;
 
     let build = |platform: Platform| {
-        let settings = Settings {
-            policy: RetryPolicy::default(),
-            coalesce_window: Duration::from_millis(100),
-            coalesce_max: 500,
-            target_concurrency: 4,
-            ack_wait: Duration::from_secs(30),
-        };
+        let config = RevalidatorConfig::new(
+            (*platform.config).clone(),
+            "127.0.0.1:0".parse().expect("an address"),
+        );
+        let settings = Settings::from_config(&config);
         let dispatcher = Dispatcher::new(Duration::from_secs(1)).expect("a dispatcher");
         router(AppState {
             worker: Worker::new(platform.clone(), dispatcher, settings),

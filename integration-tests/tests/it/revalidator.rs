@@ -38,15 +38,22 @@ pub async fn wait_consumer(nats_url: &str) {
     eventually("the revalidation consumer", T, || consumer_info(&js)).await;
 }
 
-/// Waits until the revalidator's consumer has nothing pending or unacknowledged: every
-/// event so far was delivered or dead-lettered.
+/// Waits until the revalidator's consumer has nothing pending or unacknowledged and no
+/// retry waits in `SPOOL_RETRY`: every event so far was delivered or dead-lettered.
 pub async fn wait_settled(nats_url: &str) {
     let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.unwrap());
     eventually("the revalidator to settle", T, || async {
         let info = consumer_info(&js).await?;
-        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+        let waiting = retries_waiting(&js).await?;
+        (info.num_pending == 0 && info.num_ack_pending == 0 && waiting == 0).then_some(())
     })
     .await;
+}
+
+/// Retries in `SPOOL_RETRY`: waiting for their time, or due and not yet acknowledged.
+pub async fn retries_waiting(js: &async_nats::jetstream::Context) -> Option<u64> {
+    let mut stream = js.get_stream("SPOOL_RETRY").await.ok()?;
+    Some(stream.info().await.ok()?.state.messages)
 }
 
 /// `GET /v1/admin/dlq?site=acme` with the admin token: the raw text and the records.

@@ -1,10 +1,14 @@
 //! NATS wiring: the connection (reconnecting for ever) and the idempotent provisioning of
-//! `SPOOL_EVENTS`, `SPOOL_DLQ` and the `spool-sites` bucket from configuration.
+//! `SPOOL_EVENTS`, `SPOOL_DLQ`, `SPOOL_RETRY` and the `spool-sites` bucket from
+//! configuration.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
-use spool_proto::names::{DLQ_STREAM, DLQ_SUBJECTS, EVENTS_STREAM, EVENTS_SUBJECTS, SITES_BUCKET};
+use spool_proto::names::{
+    DLQ_STREAM, DLQ_SUBJECTS, EVENTS_STREAM, EVENTS_SUBJECTS, RETRY_STREAM, RETRY_SUBJECTS,
+    SITES_BUCKET,
+};
 use tokio::sync::watch;
 
 use crate::config::{CommonConfig, StreamSettings};
@@ -126,6 +130,25 @@ pub fn dlq_stream_config(s: &StreamSettings) -> stream::Config {
     }
 }
 
+/// The configuration of `SPOOL_RETRY`: the revalidator's waiting retries, each a message
+/// schedule (`Nats-Schedule: @at ...`) the server turns into a due message at its time; the
+/// retry consumer takes the due messages (a work queue: a retry is gone once acknowledged).
+/// No age limit: a retry waits as long as its schedule says.
+pub fn retry_stream_config(s: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: RETRY_STREAM.into(),
+        description: Some("Spool Live revalidation retries (scheduled)".into()),
+        subjects: vec![RETRY_SUBJECTS.into()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::WorkQueue,
+        discard: stream::DiscardPolicy::Old,
+        max_message_size: 2 * MAX_MESSAGE_SIZE,
+        num_replicas: usize::from(s.replicas),
+        allow_message_schedules: true,
+        ..Default::default()
+    }
+}
+
 /// The configuration of the `spool-sites` bucket: latest value only, kept for ever.
 pub fn sites_bucket_config(s: &StreamSettings) -> kv::Config {
     kv::Config {
@@ -148,6 +171,7 @@ pub async fn provision(
     for (name, config) in [
         (EVENTS_STREAM, events_stream_config(settings)),
         (DLQ_STREAM, dlq_stream_config(settings)),
+        (RETRY_STREAM, retry_stream_config(settings)),
     ] {
         js.create_or_update_stream(config)
             .await
@@ -187,5 +211,9 @@ mod tests {
         let d = dlq_stream_config(&s);
         assert_eq!(d.subjects, ["spool.dlq.>"]);
         assert_eq!(sites_bucket_config(&s).bucket, "spool-sites");
+        let r = retry_stream_config(&s);
+        assert_eq!(r.subjects, ["spool.retry.>"]);
+        assert_eq!(r.retention, stream::RetentionPolicy::WorkQueue);
+        assert!(r.allow_message_schedules);
     }
 }

@@ -21,9 +21,17 @@ pub struct RevalidatorConfig {
     #[arg(long, env = "SPOOL_CONSUMER_NAME", default_value = "spool-revalidator")]
     pub consumer_name: String,
 
-    /// Events handed out and not yet acknowledged, across all replicas.
-    #[arg(long, env = "SPOOL_MAX_ACK_PENDING", default_value_t = 1000)]
+    /// Events handed out and not yet acknowledged, across all replicas (and, separately,
+    /// due retries). Waiting retries take none: only events being merged or called do.
+    #[arg(long, env = "SPOOL_MAX_ACK_PENDING", default_value_t = 20_000)]
     pub max_ack_pending: i64,
+
+    /// Events one target may keep waiting in a replica (for its window, a free call slot, or
+    /// the end of a slow call); past that they are stored as retries, so no target holds
+    /// more than this many of the consumer's unacknowledged events. At least
+    /// SPOOL_COALESCE_MAX, at most SPOOL_MAX_ACK_PENDING.
+    #[arg(long, env = "SPOOL_TARGET_MAX_HELD", default_value_t = 500)]
+    pub target_max_held: usize,
 
     /// How long an unacknowledged event waits before JetStream redelivers it (a crashed
     /// replica's work comes back after this). Long calls send progress to extend it.
@@ -59,13 +67,53 @@ impl RevalidatorConfig {
             common,
             listen,
             consumer_name: "spool-revalidator".into(),
-            max_ack_pending: 1000,
+            max_ack_pending: 20_000,
+            target_max_held: 500,
             ack_wait: Duration::from_secs(30),
             call_timeout: Duration::from_secs(10),
             target_concurrency: 4,
             coalesce_window: Duration::from_millis(100),
             coalesce_max: 500,
             retry_schedule: crate::retry::RetryPolicy::default().schedule,
+        }
+    }
+}
+
+impl RevalidatorConfig {
+    /// Checks what the flags' types can't: every problem, one line each.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if self.max_ack_pending < 1 {
+            problems.push("SPOOL_MAX_ACK_PENDING must be at least 1".to_string());
+        }
+        if self.target_concurrency < 1 {
+            problems.push("SPOOL_TARGET_CONCURRENCY must be at least 1".to_string());
+        }
+        if self.coalesce_max < 1 {
+            problems.push("SPOOL_COALESCE_MAX must be at least 1".to_string());
+        }
+        if self.target_max_held < self.coalesce_max {
+            problems.push(format!(
+                "SPOOL_TARGET_MAX_HELD ({}) must be at least SPOOL_COALESCE_MAX ({})",
+                self.target_max_held, self.coalesce_max
+            ));
+        }
+        if i64::try_from(self.target_max_held).map_or(true, |held| held > self.max_ack_pending) {
+            problems.push(format!(
+                "SPOOL_TARGET_MAX_HELD ({}) must be at most SPOOL_MAX_ACK_PENDING ({}): one target could stop every other",
+                self.target_max_held, self.max_ack_pending
+            ));
+        }
+        if self.ack_wait < std::time::Duration::from_secs(1) {
+            problems.push("SPOOL_ACK_WAIT must be at least 1s".to_string());
+        }
+        if self.call_timeout.is_zero() {
+            problems.push("SPOOL_CALL_TIMEOUT must be more than 0".to_string());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
         }
     }
 }
@@ -86,5 +134,28 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("--retry-schedule"), "{err}");
+    }
+
+    #[test]
+    fn defaults_validate_and_bad_limits_are_named() {
+        let parsed = RevalidatorConfig::try_parse_from(["x"]).unwrap();
+        parsed.validate().unwrap();
+        let bad = RevalidatorConfig::try_parse_from([
+            "x",
+            "--target-max-held",
+            "100",
+            "--max-ack-pending",
+            "50",
+            "--target-concurrency",
+            "0",
+        ])
+        .unwrap();
+        let err = bad.validate().unwrap_err();
+        assert!(
+            err.contains("SPOOL_TARGET_MAX_HELD (100) must be at least SPOOL_COALESCE_MAX (500)"),
+            "{err}"
+        );
+        assert!(err.contains("at most SPOOL_MAX_ACK_PENDING (50)"), "{err}");
+        assert!(err.contains("SPOOL_TARGET_CONCURRENCY"), "{err}");
     }
 }

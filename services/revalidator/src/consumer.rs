@@ -1,5 +1,6 @@
-//! The durable pull consumer on `SPOOL_EVENTS` that every replica shares: JetStream hands
-//! each event to one replica at a time, and hands it again if it is not acknowledged.
+//! The two durable pull consumers every replica shares: the events of `SPOOL_EVENTS`, and
+//! the retries of `SPOOL_RETRY` as they come due. JetStream hands each message to one
+//! replica at a time, and hands it again if it is not acknowledged.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,27 +9,64 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use spool_platform::nats::Disconnects;
-use spool_proto::names::{EVENTS_STREAM, EVENTS_SUBJECTS};
+use spool_proto::names::{EVENTS_STREAM, EVENTS_SUBJECTS, RETRY_DUE_FILTER, RETRY_STREAM};
 use tokio_util::sync::CancellationToken;
 
 use crate::worker::Worker;
 
-/// What the consumer is created with.
+/// What the consumers are created with.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
+    /// The events consumer's name; the retry consumer's is this with `-retry`.
     pub name: String,
     pub ack_wait: Duration,
     pub max_ack_pending: i64,
 }
 
-/// The durable's configuration: explicit acks, no delivery limit (exhausted retries are
-/// dead-lettered by us, with the reason), and — when first created — from new events on.
-pub fn consumer_config(s: &ConsumerSettings) -> consumer::pull::Config {
+/// Which of the two consumers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    Events,
+    Retries,
+}
+
+impl Feed {
+    fn stream(self) -> &'static str {
+        match self {
+            Feed::Events => EVENTS_STREAM,
+            Feed::Retries => RETRY_STREAM,
+        }
+    }
+}
+
+/// The name of the retry consumer for an events consumer `name`.
+pub fn retry_consumer_name(name: &str) -> String {
+    format!("{name}-retry")
+}
+
+/// A durable's configuration: explicit acks, no delivery limit (exhausted retries are
+/// dead-lettered by us, with the reason). The events consumer starts — when first created
+/// — from new events on; the retry consumer takes every due retry.
+pub fn consumer_config(s: &ConsumerSettings, feed: Feed) -> consumer::pull::Config {
+    let (name, description, filter, deliver_policy) = match feed {
+        Feed::Events => (
+            s.name.clone(),
+            "Spool Live revalidation calls",
+            EVENTS_SUBJECTS,
+            consumer::DeliverPolicy::New,
+        ),
+        Feed::Retries => (
+            retry_consumer_name(&s.name),
+            "Spool Live revalidation retries, as they come due",
+            RETRY_DUE_FILTER,
+            consumer::DeliverPolicy::All,
+        ),
+    };
     consumer::pull::Config {
-        durable_name: Some(s.name.clone()),
-        description: Some("Spool Live revalidation calls".into()),
-        filter_subject: EVENTS_SUBJECTS.into(),
-        deliver_policy: consumer::DeliverPolicy::New,
+        durable_name: Some(name),
+        description: Some(description.into()),
+        filter_subject: filter.into(),
+        deliver_policy,
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: s.ack_wait,
         max_ack_pending: s.max_ack_pending,
@@ -42,6 +80,7 @@ pub fn consumer_config(s: &ConsumerSettings) -> consumer::pull::Config {
 pub async fn run(
     js: jetstream::Context,
     settings: ConsumerSettings,
+    feed: Feed,
     worker: Arc<Worker>,
     disconnects: Disconnects,
     ready: Arc<AtomicBool>,
@@ -50,13 +89,13 @@ pub async fn run(
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let result = tokio::select! {
-            r = consume(&js, &settings, &worker, &ready) => r,
+            r = consume(&js, &settings, feed, &worker, &ready) => r,
             _ = disconnects.next() => Err(anyhow::anyhow!("NATS disconnected")),
             _ = shutdown.cancelled() => return,
         };
         ready.store(false, Ordering::Release);
         if let Err(e) = result {
-            tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "revalidation consumer interrupted");
+            tracing::warn!(error = %format!("{e:#}"), ?feed, retry_in = ?backoff, "revalidation consumer interrupted");
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -69,28 +108,35 @@ pub async fn run(
 async fn consume(
     js: &jetstream::Context,
     settings: &ConsumerSettings,
+    feed: Feed,
     worker: &Arc<Worker>,
     ready: &AtomicBool,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let stream = js
-        .get_stream(EVENTS_STREAM)
+        .get_stream(feed.stream())
         .await
-        .context("opening SPOOL_EVENTS")?;
+        .with_context(|| format!("opening {}", feed.stream()))?;
+    let config = consumer_config(settings, feed);
     let consumer = stream
-        .create_consumer(consumer_config(settings))
+        .create_consumer(config.clone())
         .await
         .context("creating the durable consumer")?;
-    tracing::info!(name = %settings.name, "revalidation consumer ready");
-    let mut messages = consumer.messages().await.context("pulling events")?;
+    tracing::info!(name = ?config.durable_name, "revalidation consumer ready");
+    let mut messages = consumer.messages().await.context("pulling messages")?;
     ready.store(true, Ordering::Release);
     while let Some(message) = messages.next().await {
-        worker.handle(message.context("pulling events")?).await;
+        let message = message.context("pulling messages")?;
+        match feed {
+            Feed::Events => worker.handle_event(message).await,
+            Feed::Retries => worker.handle_retry(message).await,
+        }
     }
     anyhow::bail!("the consumer's message stream ended")
 }
 
-/// Publishes the consumer's backlog as gauges, every few seconds.
+/// Publishes the backlogs as gauges, every few seconds: the events consumer's, and the
+/// waiting retries (their number, and the age of the oldest).
 pub async fn report_pending(js: jetstream::Context, name: String, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -107,6 +153,21 @@ pub async fn report_pending(js: jetstream::Context, name: String, shutdown: Canc
             metrics::gauge!("spool_revalidator_consumer_pending").set(info.num_pending as f64);
             metrics::gauge!("spool_revalidator_consumer_ack_pending")
                 .set(info.num_ack_pending as f64);
+        }
+        let retries = async {
+            let mut stream = js.get_stream(RETRY_STREAM).await.ok()?;
+            stream.info().await.ok().map(|info| info.state.clone())
+        };
+        if let Some(state) = retries.await {
+            metrics::gauge!("spool_revalidator_retries_waiting").set(state.messages as f64);
+            let oldest = if state.messages == 0 {
+                0.0
+            } else {
+                (time::OffsetDateTime::now_utc() - state.first_timestamp)
+                    .as_seconds_f64()
+                    .max(0.0)
+            };
+            metrics::gauge!("spool_revalidator_retries_oldest_seconds").set(oldest);
         }
     }
 }

@@ -52,13 +52,15 @@ impl Dispatcher {
     }
 
     /// POSTs `body` to the target, signed with its secret (Standard Webhooks), with the
-    /// trace context of the change.
+    /// trace context of the change. `attempt` (1 = first, 0 = an admin's replay) labels the
+    /// call's metrics.
     pub async fn call(
         &self,
         target: &RevalidateTarget,
         id: &str,
         body: &RevalidateBody,
         traceparent: Option<&str>,
+        attempt: u64,
     ) -> CallResult {
         let started = Instant::now();
         let result = self.send(target, id, body, traceparent).await;
@@ -71,7 +73,12 @@ impl Dispatcher {
             Outcome::Retryable { .. } => "retryable",
             Outcome::Permanent => "permanent",
         };
-        metrics::counter!("spool_revalidator_calls_total", "outcome" => outcome, "status_class" => class).increment(1);
+        let attempt = match attempt {
+            0 => "replay",
+            1 => "first",
+            _ => "retry",
+        };
+        metrics::counter!("spool_revalidator_calls_total", "outcome" => outcome, "status_class" => class, "attempt" => attempt).increment(1);
         metrics::histogram!("spool_revalidator_call_duration_seconds").record(started.elapsed());
         result
     }

@@ -15,8 +15,7 @@ pub struct DeadLetter {
     pub site: SiteId,
     /// The target's URL (its secret is never stored here).
     pub url: String,
-    /// `permanent_status` (a 4xx other than 408/429), `retries_exhausted`.
-    pub reason: String,
+    pub reason: Reason,
     /// The `webhook-id` of the failed call.
     pub webhook_id: String,
     pub attempts: u64,
@@ -25,6 +24,33 @@ pub struct DeadLetter {
     #[serde(with = "time::serde::rfc3339")]
     pub failed_at: time::OffsetDateTime,
     pub event: Event,
+}
+
+/// Why a call was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The target answered a 4xx other than 408/429: retrying won't change it.
+    PermanentStatus,
+    /// Every attempt of the retry schedule failed.
+    RetriesExhausted,
+    /// The stored event could not be decoded (counted; there is no record to keep).
+    Undecodable,
+    /// A reason written by a newer version.
+    #[serde(other)]
+    Other,
+}
+
+impl Reason {
+    /// Its name in records and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::PermanentStatus => "permanent_status",
+            Reason::RetriesExhausted => "retries_exhausted",
+            Reason::Undecodable => "undecodable",
+            Reason::Other => "other",
+        }
+    }
 }
 
 /// A stored dead letter with its `SPOOL_DLQ` sequence (what replay takes).
@@ -48,17 +74,10 @@ pub async fn write(js: &jetstream::Context, record: &DeadLetter) -> anyhow::Resu
     js.publish_with_headers(dlq_subject(&record.site), headers, payload)
         .await?
         .await?;
-    metrics::counter!("spool_revalidator_dead_letters_total", "reason" => reason_label(&record.reason)).increment(1);
-    tracing::warn!(site = %record.site, seq = record.event.seq, url = %record.url, reason = %record.reason, "dead-lettered");
+    metrics::counter!("spool_revalidator_dead_letters_total", "reason" => record.reason.as_str())
+        .increment(1);
+    tracing::warn!(site = %record.site, seq = record.event.seq, url = %record.url, reason = record.reason.as_str(), "dead-lettered");
     Ok(())
-}
-
-fn reason_label(reason: &str) -> &'static str {
-    match reason {
-        "permanent_status" => "permanent_status",
-        "retries_exhausted" => "retries_exhausted",
-        _ => "other",
-    }
 }
 
 /// How long listing may take before the admin is told to come back.
@@ -115,14 +134,18 @@ async fn read(
     Ok(out)
 }
 
-/// One dead letter by its `SPOOL_DLQ` sequence (`None` if absent or not a record).
+/// One dead letter by its `SPOOL_DLQ` sequence (`None` if absent or not a record; an
+/// error if JetStream can't say).
 pub async fn get(
     js: &jetstream::Context,
     dlq_seq: u64,
 ) -> anyhow::Result<Option<StoredDeadLetter>> {
+    use async_nats::jetstream::stream::RawMessageErrorKind;
     let stream = js.get_stream(DLQ_STREAM).await?;
-    let Ok(message) = stream.get_raw_message(dlq_seq).await else {
-        return Ok(None);
+    let message = match stream.get_raw_message(dlq_seq).await {
+        Ok(message) => message,
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(e) => return Err(e.into()),
     };
     Ok(serde_json::from_slice(&message.payload)
         .ok()

@@ -7,6 +7,9 @@ pub mod config;
 pub mod consumer;
 pub mod dispatch;
 pub mod dlq;
+pub mod error;
+pub mod lane;
+pub mod retries;
 pub mod retry;
 pub mod routes;
 pub mod worker;
@@ -37,6 +40,9 @@ impl Application {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Application> {
         use anyhow::Context as _;
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let listener = http::bind(config.listen)
             .with_context(|| format!("binding SPOOL_LISTEN {}", config.listen))?;
         let port = listener.local_addr()?.port();
@@ -45,35 +51,30 @@ impl Application {
         let worker = worker::Worker::new(
             platform.clone(),
             dispatch::Dispatcher::new(config.call_timeout)?,
-            worker::Settings {
-                policy: retry::RetryPolicy {
-                    schedule: config.retry_schedule.clone(),
-                    ..Default::default()
-                },
-                coalesce_window: config.coalesce_window,
-                coalesce_max: config.coalesce_max,
-                target_concurrency: config.target_concurrency,
-                ack_wait: config.ack_wait,
-            },
+            worker::Settings::from_config(&config),
         );
         let consumer = consumer::ConsumerSettings {
             name: config.consumer_name.clone(),
             ack_wait: config.ack_wait,
             max_ack_pending: config.max_ack_pending,
         };
-        let consuming = Arc::new(AtomicBool::new(false));
-        let ready = consuming.clone();
-        platform
-            .readiness
-            .add_check("consumer_not_ready", move || ready.load(Ordering::Acquire));
-        tokio::spawn(consumer::run(
-            platform.jetstream.clone(),
-            consumer,
-            worker.clone(),
-            platform.disconnects.clone(),
-            consuming,
-            shutdown.clone(),
-        ));
+        let mut feeds = Vec::new();
+        for feed in [consumer::Feed::Events, consumer::Feed::Retries] {
+            let consuming = Arc::new(AtomicBool::new(false));
+            feeds.push(consuming.clone());
+            tokio::spawn(consumer::run(
+                platform.jetstream.clone(),
+                consumer.clone(),
+                feed,
+                worker.clone(),
+                platform.disconnects.clone(),
+                consuming,
+                shutdown.clone(),
+            ));
+        }
+        platform.readiness.add_check("consumer_not_ready", move || {
+            feeds.iter().all(|ready| ready.load(Ordering::Acquire))
+        });
         tokio::spawn(consumer::report_pending(
             platform.jetstream.clone(),
             config.consumer_name.clone(),

@@ -81,6 +81,27 @@ impl RetryPolicy {
         })
     }
 
+    /// Whether a call that failed on attempt `attempt` gets another attempt.
+    pub fn allows_retry_after(&self, attempt: u64) -> bool {
+        attempt >= 1 && usize::try_from(attempt).is_ok_and(|a| a <= self.schedule.len())
+    }
+
+    /// How long a target is left alone after its `failures`-th consecutive failure: the
+    /// schedule's step for that many failures (its last step once past the end), or the
+    /// target's own `Retry-After` when longer (capped at `max_retry_after`).
+    pub fn target_pause(
+        &self,
+        failures: u32,
+        retry_after: Option<Duration>,
+        unit: f64,
+    ) -> Duration {
+        let steps = u64::try_from(self.schedule.len()).unwrap_or(u64::MAX);
+        let step = u64::from(failures).clamp(1, steps.max(1));
+        self.next_delay(step, retry_after, unit)
+            .or_else(|| retry_after.map(|after| after.min(self.max_retry_after)))
+            .unwrap_or(Duration::ZERO)
+    }
+
     /// Parses `5s,5m,30m` (humantime durations, comma-separated).
     pub fn parse_schedule(text: &str) -> Result<Vec<Duration>, String> {
         text.split(',')
@@ -180,6 +201,33 @@ mod tests {
         assert!(RetryPolicy::parse_schedule("1s,soon")
             .unwrap_err()
             .contains("soon"));
+    }
+
+    #[test]
+    fn a_target_pauses_by_its_consecutive_failures() {
+        let p = RetryPolicy {
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(p.target_pause(1, None, 0.5), Duration::from_secs(5));
+        assert_eq!(p.target_pause(2, None, 0.5), Duration::from_secs(300));
+        // Past the schedule's end: its last step, for as long as the target fails.
+        assert_eq!(p.target_pause(50, None, 0.5), Duration::from_secs(36_000));
+        // Retry-After is honoured per target, up to a day.
+        let hour = Duration::from_secs(3600);
+        assert_eq!(p.target_pause(1, Some(hour), 0.5), hour);
+        assert_eq!(
+            p.target_pause(1, Some(hour * 100), 0.5),
+            Duration::from_secs(86_400)
+        );
+        let none = RetryPolicy {
+            schedule: Vec::new(),
+            ..p.clone()
+        };
+        assert_eq!(none.target_pause(1, None, 0.5), Duration::ZERO);
+        assert_eq!(none.target_pause(1, Some(hour), 0.5), hour);
+        assert!(p.allows_retry_after(1) && p.allows_retry_after(7));
+        assert!(!p.allows_retry_after(8) && !p.allows_retry_after(0));
     }
 
     proptest! {

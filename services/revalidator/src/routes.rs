@@ -5,17 +5,18 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use spool_platform::config::Secret;
-use spool_platform::http::{check_admin, ApiError};
+use spool_platform::http::check_admin;
 use spool_platform::Platform;
 use spool_proto::SiteId;
 
 use crate::dlq;
+use crate::error::RevalidatorError;
 use crate::retry::Outcome;
 use crate::worker::Worker;
 
@@ -47,17 +48,8 @@ pub fn router(state: AppState) -> Router {
     spool_platform::http::finish_router(api, readiness)
 }
 
-fn bad_parameter(message: String) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", message)
-}
-
-fn unavailable(e: anyhow::Error) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        format!("{e:#}"),
-    )
-    .with_retry_after(2)
+fn bad_parameter(message: String) -> RevalidatorError {
+    RevalidatorError::BadParameter(message)
 }
 
 /// Parameters are read after the admin check, and every bad one is a JSON 400.
@@ -65,7 +57,7 @@ async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(query): Query<Vec<(String, String)>>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, RevalidatorError> {
     check_admin(state.admin_token.as_deref(), &headers)?;
     let param = |name: &str| {
         query
@@ -91,7 +83,7 @@ async fn list(
     };
     let records = dlq::list(&state.platform.jetstream, site.as_ref(), limit)
         .await
-        .map_err(unavailable)?;
+        .map_err(RevalidatorError::unavailable)?;
     Ok(Json(json!({ "dead_letters": records })).into_response())
 }
 
@@ -101,7 +93,7 @@ async fn replay(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(seq): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, RevalidatorError> {
     check_admin(state.admin_token.as_deref(), &headers)?;
     let seq: u64 = seq
         .parse()
@@ -109,14 +101,8 @@ async fn replay(
     let js = &state.platform.jetstream;
     let stored = dlq::get(js, seq)
         .await
-        .map_err(unavailable)?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_dead_letter",
-                format!("no dead letter {seq}"),
-            )
-        })?;
+        .map_err(RevalidatorError::unavailable)?
+        .ok_or(RevalidatorError::UnknownDeadLetter(seq))?;
     let record = stored.record;
     let target = state
         .platform
@@ -128,26 +114,18 @@ async fn replay(
                 .find(|t| t.url == record.url)
                 .cloned()
         })
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "target_gone",
-                format!(
-                    "site {} no longer has the target {}",
-                    record.site, record.url
-                ),
-            )
+        .ok_or_else(|| RevalidatorError::TargetGone {
+            site: record.site.to_string(),
+            url: record.url.clone(),
         })?;
     let result = state.worker.replay(&target, &record.event).await;
     if result.outcome == Outcome::Delivered {
-        dlq::remove(js, seq).await.map_err(unavailable)?;
+        dlq::remove(js, seq)
+            .await
+            .map_err(RevalidatorError::unavailable)?;
         return Ok(Json(json!({ "replayed": true, "status": result.status })).into_response());
     }
-    Err(ApiError::new(
-        StatusCode::BAD_GATEWAY,
-        "replay_failed",
-        result
-            .error
-            .unwrap_or_else(|| "the target did not accept the call".into()),
-    ))
+    Err(RevalidatorError::ReplayFailed(result.error.unwrap_or_else(
+        || "the target did not accept the call".into(),
+    )))
 }

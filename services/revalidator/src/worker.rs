@@ -1,10 +1,12 @@
-//! From consumed events to calls: each event becomes one job per matching target; a
-//! worker per target merges the jobs that arrive close together into one call; an event is
-//! acknowledged only when every one of its jobs was delivered or dead-lettered, and NAKed
-//! with the retry delay otherwise (JetStream redelivers it then: retries survive crashes).
+//! From consumed messages to calls. An event becomes one job per matching target; a due
+//! retry is one job for its target. Each target has a lane (a task driving the pure
+//! [`LaneCore`]) that merges, calls, pauses and parks. A message is acknowledged once each
+//! of its jobs is *settled*: delivered, dead-lettered, or stored as a retry record in
+//! `SPOOL_RETRY` (see [`crate::retries`] for why). A job that could not be settled (NATS
+//! refused the record) makes its message come back in a second, whole.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -14,95 +16,113 @@ use spool_proto::names::MSG_ID_HEADER;
 use spool_proto::revalidate::RevalidateBody;
 use spool_proto::site::RevalidateTarget;
 use spool_proto::{Event, SiteId};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::dispatch::{call_id, CallResult, Dispatcher};
-use crate::dlq::{self, DeadLetter};
+use crate::dlq::{self, DeadLetter, Reason};
+use crate::lane::{Action, Batch, CallEnd, LaneCore, LaneSettings, Ticket, Work};
+use crate::retries::{self, RetryRecord};
 use crate::retry::{Outcome, RetryPolicy};
 
-/// How the worker merges and retries.
+/// How the worker merges, limits and retries.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub policy: RetryPolicy,
     pub coalesce_window: Duration,
     pub coalesce_max: usize,
     pub target_concurrency: usize,
+    /// Jobs one target may keep waiting in this process (beyond them: parked).
+    pub target_max_held: usize,
+    pub call_timeout: Duration,
     pub ack_wait: Duration,
 }
 
-/// (event seq, target url) pairs this process settled recently (delivered or
-/// dead-lettered), so that an event redelivered for another target's sake doesn't call the
-/// settled ones again.
-struct Settled {
-    set: HashSet<(u64, String)>,
-    order: VecDeque<(u64, String)>,
-}
-
-const SETTLED_MEMORY: usize = 100_000;
-
-impl Settled {
-    fn insert(&mut self, key: (u64, String)) {
-        if self.set.insert(key.clone()) {
-            self.order.push_back(key);
-            if self.order.len() > SETTLED_MEMORY {
-                if let Some(old) = self.order.pop_front() {
-                    self.set.remove(&old);
-                }
-            }
+impl Settings {
+    pub fn from_config(config: &crate::RevalidatorConfig) -> Settings {
+        Settings {
+            policy: RetryPolicy {
+                schedule: config.retry_schedule.clone(),
+                ..Default::default()
+            },
+            coalesce_window: config.coalesce_window,
+            coalesce_max: config.coalesce_max,
+            target_concurrency: config.target_concurrency,
+            target_max_held: config.target_max_held,
+            call_timeout: config.call_timeout,
+            ack_wait: config.ack_wait,
         }
     }
 }
 
-/// One consumed message waiting for its jobs.
-struct Pending {
+/// Most event JSON in one call (and so in one retry record, which must fit a NATS message).
+pub const MAX_CALL_BYTES: usize = 512 * 1024;
+
+/// A lane with nothing to do for this long ends (a removed target's lane, among others).
+const LANE_IDLE: Duration = Duration::from_secs(30);
+
+/// How soon a message whose job could not be settled comes back.
+const SETTLE_RETRY: Duration = Duration::from_secs(1);
+
+/// One consumed message (an event, or a due retry) waiting for its jobs.
+struct Held {
     message: jetstream::Message,
     remaining: AtomicUsize,
-    /// The longest retry delay any of its jobs asked for.
-    retry: Mutex<Option<Duration>>,
+    unsettled: AtomicBool,
     /// Cancelled once every job is settled (ends the keep-alive).
     settled: CancellationToken,
 }
 
-impl Pending {
-    async fn complete(&self, retry: Option<Duration>) {
-        if let Some(delay) = retry {
-            let mut longest = self.retry.lock().unwrap_or_else(PoisonError::into_inner);
-            *longest = Some(longest.map_or(delay, |d| d.max(delay)));
+impl Held {
+    fn new(message: jetstream::Message, jobs: usize, keep_alive_every: Duration) -> Arc<Held> {
+        let held = Arc::new(Held {
+            message,
+            remaining: AtomicUsize::new(jobs),
+            unsettled: AtomicBool::new(false),
+            settled: CancellationToken::new(),
+        });
+        tokio::spawn(held.clone().keep_alive(keep_alive_every));
+        held
+    }
+
+    /// One job is done; `settled` = its fate is recorded (delivered, dead-lettered or
+    /// stored as a retry). The last job acknowledges the message, or, if any job could not
+    /// be settled, has it redelivered shortly.
+    async fn done(&self, settled: bool) {
+        if !settled {
+            self.unsettled.store(true, Ordering::Release);
         }
         if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
         self.settled.cancel();
-        let retry = *self.retry.lock().unwrap_or_else(PoisonError::into_inner);
-        let result = match retry {
-            Some(delay) => {
-                metrics::counter!("spool_revalidator_retries_total").increment(1);
-                self.message.ack_with(AckKind::Nak(Some(delay))).await
-            }
-            // Double ack: the server confirmed it, or the event comes back.
-            None => self.message.double_ack().await,
+        let result = if self.unsettled.load(Ordering::Acquire) {
+            self.message
+                .ack_with(AckKind::Nak(Some(SETTLE_RETRY)))
+                .await
+        } else {
+            // Double ack: the server confirmed it, or the message comes back.
+            self.message.double_ack().await
         };
         if let Err(e) = result {
-            tracing::warn!(error = %e, "acknowledging an event failed; it will be redelivered");
+            tracing::warn!(error = %e, "acknowledging a message failed; it will be redelivered");
         }
     }
-}
 
-impl Pending {
-    /// Tells JetStream the event is still being worked on (`+WPI`) every `every` until it
-    /// is settled: while it waits for a coalescing window, a call slot or a slow call, no
-    /// other replica gets it and the wait doesn't count as an attempt.
+    /// Tells JetStream the message is still being worked on (`+WPI`) every `every` until
+    /// it is settled: while it waits for its window or a slow call, no other replica gets
+    /// it and the wait doesn't count as an attempt.
     async fn keep_alive(self: Arc<Self>, every: Duration) {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut tick = tokio::time::interval_at(Instant::now() + every, every);
         loop {
             tokio::select! {
                 _ = self.settled.cancelled() => return,
                 _ = tick.tick() => {
                     if let Err(e) = self.message.ack_with(AckKind::Progress).await {
-                        tracing::debug!(error = %e, "progress for an event failed");
+                        tracing::debug!(error = %e, "progress for a message failed");
                     }
                 }
             }
@@ -110,25 +130,46 @@ impl Pending {
     }
 }
 
-struct Job {
+/// One event for one target.
+struct FreshJob {
     event: Arc<Event>,
     target: RevalidateTarget,
-    /// 1 for the first delivery of the event, 2 for the first redelivery, ...
-    attempt: u64,
     /// The `traceparent` the event was published with (used when no exporter runs here).
     traceparent: Option<String>,
     /// The consumer span's context: the parent of the call's client span.
     trace_context: trace::Context,
-    pending: Arc<Pending>,
+    held: Arc<Held>,
+}
+
+/// A retry come due, for its target as configured now.
+struct RetryJob {
+    record: RetryRecord,
+    target: RevalidateTarget,
+    trace_context: trace::Context,
+    held: Arc<Held>,
+}
+
+type LaneWork = Work<FreshJob, RetryJob>;
+type LaneBatch = Batch<FreshJob, RetryJob>;
+/// A lane per (site, target URL).
+type LaneKey = (SiteId, String);
+/// Work for a lane, with its size in a retry record.
+type LaneInbox = mpsc::UnboundedSender<(LaneWork, usize)>;
+
+/// What a call covered and how it went, from the call task back to its lane.
+struct CallReport {
+    batch: LaneBatch,
+    webhook_id: String,
+    attempt: u64,
+    result: CallResult,
 }
 
 pub struct Worker {
     platform: Platform,
     dispatcher: Dispatcher,
     settings: Settings,
-    targets: Mutex<HashMap<(SiteId, String), mpsc::UnboundedSender<Job>>>,
-    settled: Mutex<Settled>,
-    /// Every call in flight; shutdown waits for them.
+    lanes: Mutex<HashMap<LaneKey, LaneInbox>>,
+    /// Every call and every settling in flight; shutdown waits for them.
     pub calls: TaskTracker,
 }
 
@@ -138,22 +179,19 @@ impl Worker {
             platform,
             dispatcher,
             settings,
-            targets: Mutex::default(),
-            settled: Mutex::new(Settled {
-                set: HashSet::new(),
-                order: VecDeque::new(),
-            }),
+            lanes: Mutex::default(),
             calls: TaskTracker::new(),
         })
     }
 
-    /// Takes one message of `SPOOL_EVENTS` into work.
-    pub async fn handle(self: &Arc<Self>, message: jetstream::Message) {
+    fn keep_alive_every(&self) -> Duration {
+        (self.settings.ack_wait / 3).max(Duration::from_millis(100))
+    }
+
+    /// Takes one event of `SPOOL_EVENTS` into work.
+    pub async fn handle_event(self: &Arc<Self>, message: jetstream::Message) {
         let (seq, attempt) = match message.info() {
-            Ok(info) => (
-                info.stream_sequence,
-                u64::try_from(info.delivered).unwrap_or(1).max(1),
-            ),
+            Ok(info) => (info.stream_sequence, info.delivered),
             Err(e) => {
                 tracing::error!(error = %e, "a message without JetStream metadata; dropped");
                 return;
@@ -163,7 +201,7 @@ impl Worker {
             Ok(event) => event,
             Err(e) => {
                 tracing::error!(seq, error = %e, "undecodable event; not revalidated");
-                metrics::counter!("spool_revalidator_dead_letters_total", "reason" => "undecodable").increment(1);
+                metrics::counter!("spool_revalidator_dead_letters_total", "reason" => Reason::Undecodable.as_str()).increment(1);
                 let _ = message.ack_with(AckKind::Term).await;
                 return;
             }
@@ -186,25 +224,15 @@ impl Worker {
         trace::adopt(&span, trace::from_nats(message.headers.as_ref()));
         let trace_context = trace::context_of(&span);
         let Some(site) = self.platform.registry.get(event.site.as_str()) else {
-            if self.platform.readiness.registry_loaded() {
-                // The site is gone: nobody to call.
-                let _ = message.double_ack().await;
-            } else {
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
-            }
+            self.unknown_site(&message, &event.site).await;
             return;
         };
-        let targets: Vec<RevalidateTarget> = {
-            let settled = self.settled.lock().unwrap_or_else(PoisonError::into_inner);
-            site.revalidate
-                .iter()
-                .filter(|t| t.wants(&event.collection))
-                .filter(|t| !settled.set.contains(&(seq, t.url.clone())))
-                .cloned()
-                .collect()
-        };
+        let targets: Vec<RevalidateTarget> = site
+            .revalidate
+            .iter()
+            .filter(|t| t.wants(&event.collection))
+            .cloned()
+            .collect();
         if targets.is_empty() {
             let _ = message.double_ack().await;
             return;
@@ -214,83 +242,233 @@ impl Worker {
             .as_ref()
             .and_then(|h| h.get("traceparent"))
             .map(|v| v.to_string());
-        let pending = Arc::new(Pending {
-            message,
-            remaining: AtomicUsize::new(targets.len()),
-            retry: Mutex::new(None),
-            settled: CancellationToken::new(),
-        });
-        tokio::spawn(pending.clone().keep_alive(self.settings.ack_wait / 3));
+        let bytes = message.payload.len();
+        let held = Held::new(message, targets.len(), self.keep_alive_every());
         let event = Arc::new(event);
         for target in targets {
-            let job = Job {
+            let job = FreshJob {
                 event: event.clone(),
                 target,
-                attempt,
                 traceparent: traceparent.clone(),
                 trace_context: trace_context.clone(),
-                pending: pending.clone(),
+                held: held.clone(),
             };
-            self.enqueue(job);
+            self.submit(Work::Fresh(job), bytes);
         }
     }
 
-    fn enqueue(self: &Arc<Self>, job: Job) {
-        let key = (job.event.site.clone(), job.target.url.clone());
-        let mut targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
-        let sender = targets.entry(key).or_insert_with(|| {
+    /// Takes one due retry of `SPOOL_RETRY` into work.
+    pub async fn handle_retry(self: &Arc<Self>, message: jetstream::Message) {
+        let record: RetryRecord = match serde_json::from_slice(&message.payload) {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::error!(subject = %message.subject, error = %e, "undecodable retry record; dropped");
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        let span = tracing::info_span!(
+            "process",
+            otel.name = "process spool.retry",
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = %message.subject,
+            messaging.consumer.group.name = "spool-revalidator",
+            spool.attempt = record.attempt,
+            trace_id = tracing::field::Empty,
+        );
+        trace::adopt(&span, trace::from_nats(message.headers.as_ref()));
+        let trace_context = trace::context_of(&span);
+        let Some(site) = self.platform.registry.get(record.site.as_str()) else {
+            self.unknown_site(&message, &record.site).await;
+            return;
+        };
+        let Some(target) = site
+            .revalidate
+            .iter()
+            .find(|t| t.url == record.url)
+            .cloned()
+        else {
+            tracing::warn!(site = %record.site, url = %record.url, webhook_id = %record.webhook_id,
+                "the site no longer has this target; its retry is dropped");
+            metrics::counter!("spool_revalidator_retries_dropped_total", "reason" => "target_removed").increment(1);
+            let _ = message.double_ack().await;
+            return;
+        };
+        let bytes = message.payload.len();
+        let held = Held::new(message, 1, self.keep_alive_every());
+        let job = RetryJob {
+            record,
+            target,
+            trace_context,
+            held,
+        };
+        self.submit(Work::Retry(job), bytes);
+    }
+
+    /// A message for a site this replica doesn't know: if the registry's bucket has it,
+    /// this replica's copy lags (an admin PUT a moment ago), so the message comes back
+    /// shortly; if the bucket doesn't, the site is gone and nobody is called.
+    async fn unknown_site(&self, message: &jetstream::Message, site: &SiteId) {
+        let gone = match self.platform.sites_bucket() {
+            Some(bucket) if self.platform.readiness.registry_loaded() => {
+                matches!(bucket.get(site.as_str()).await, Ok(None))
+            }
+            _ => false,
+        };
+        let result = if gone {
+            tracing::info!(%site, "a message for a removed site; acknowledged without a call");
+            message.double_ack().await
+        } else {
+            message.ack_with(AckKind::Nak(Some(SETTLE_RETRY))).await
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "acknowledging a message of an unknown site failed");
+        }
+    }
+
+    fn submit(self: &Arc<Self>, work: LaneWork, bytes: usize) {
+        let (site, url) = match &work {
+            Work::Fresh(job) => (job.event.site.clone(), job.target.url.clone()),
+            Work::Retry(job) => (job.record.site.clone(), job.record.url.clone()),
+        };
+        let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (site, url);
+        let sender = lanes.entry(key.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(self.clone().run_target(rx));
+            tokio::spawn(self.clone().run_lane(key.clone(), rx));
             tx
         });
-        if let Err(mpsc::error::SendError(job)) = sender.send(job) {
-            // Only if the target's worker died; start a new one for this job.
+        if let Err(mpsc::error::SendError(item)) = sender.send((work, bytes)) {
+            // Only if the lane's task died; start a new one.
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(self.clone().run_target(rx));
-            let _ = tx.send(job);
+            tokio::spawn(self.clone().run_lane(key, rx));
+            let _ = tx.send(item);
             *sender = tx;
         }
     }
 
-    /// Merges the jobs of one target that arrive within the coalescing window (up to the
-    /// batch maximum) and calls with at most `target_concurrency` calls in flight.
-    async fn run_target(self: Arc<Self>, mut jobs: mpsc::UnboundedReceiver<Job>) {
-        let slots = Arc::new(Semaphore::new(self.settings.target_concurrency.max(1)));
-        while let Some(first) = jobs.recv().await {
-            let mut batch = vec![first];
-            let window = tokio::time::sleep(self.settings.coalesce_window);
-            tokio::pin!(window);
-            while batch.len() < self.settings.coalesce_max.max(1) {
-                tokio::select! {
-                    job = jobs.recv() => match job {
-                        Some(job) => batch.push(job),
-                        None => break,
-                    },
-                    _ = &mut window => break,
-                }
-            }
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let worker = self.clone();
-            self.calls.spawn(async move {
-                worker.call(batch).await;
-                drop(slot);
-            });
+    fn lane_settings(&self) -> LaneSettings {
+        LaneSettings {
+            window: self.settings.coalesce_window,
+            max_events: self.settings.coalesce_max,
+            max_bytes: MAX_CALL_BYTES,
+            concurrency: self.settings.target_concurrency,
+            max_held: self.settings.target_max_held,
+            call_timeout: self.settings.call_timeout,
         }
     }
 
-    async fn call(&self, mut batch: Vec<Job>) {
-        batch.sort_by_key(|job| job.event.seq);
-        batch.dedup_by_key(|job| job.event.seq);
-        let Some(last) = batch.last() else { return };
-        // The newest job carries the target as currently configured (secret rotations).
-        let target = last.target.clone();
-        let site = last.event.site.clone();
-        let seqs: Vec<u64> = batch.iter().map(|job| job.event.seq).collect();
-        let id = call_id(&site, &target.url, &seqs);
-        let body = RevalidateBody::merge(&site, batch.iter().map(|job| job.event.as_ref()));
-        metrics::histogram!("spool_revalidator_events_per_call").record(batch.len() as f64);
+    /// Drives one target's lane until it has been idle for [`LANE_IDLE`].
+    async fn run_lane(
+        self: Arc<Self>,
+        key: LaneKey,
+        mut work: mpsc::UnboundedReceiver<(LaneWork, usize)>,
+    ) {
+        let mut lane: LaneCore<FreshJob, RetryJob> = LaneCore::new(self.lane_settings());
+        let (done_tx, mut done) = mpsc::unbounded_channel::<(Ticket, CallReport)>();
+        loop {
+            let wake = loop {
+                match lane.next(Instant::now()) {
+                    Action::Call(batch, ticket) => {
+                        let (worker, done_tx) = (self.clone(), done_tx.clone());
+                        self.calls.spawn(async move {
+                            let report = worker.call(batch).await;
+                            let _ = done_tx.send((ticket, report));
+                        });
+                    }
+                    Action::Park(batch, due) => {
+                        let worker = self.clone();
+                        self.calls
+                            .spawn(async move { worker.park(batch, due).await });
+                    }
+                    Action::Wait(wake) => break wake,
+                }
+            };
+            let idle = lane.is_idle(Instant::now());
+            tokio::select! {
+                item = work.recv() => match item {
+                    Some((item, bytes)) => lane.push(item, bytes, Instant::now()),
+                    None => return,
+                },
+                Some((ticket, report)) = done.recv() => {
+                    let end = match &report.result.outcome {
+                        Outcome::Delivered => CallEnd::Delivered,
+                        Outcome::Permanent => CallEnd::Refused,
+                        Outcome::Retryable { .. } => CallEnd::Failed,
+                    };
+                    let retry_after = match &report.result.outcome {
+                        Outcome::Retryable { retry_after } => *retry_after,
+                        _ => None,
+                    };
+                    let unit: f64 = rand::random();
+                    let policy = &self.settings.policy;
+                    let due = lane.finished(ticket, end, Instant::now(), |failures| {
+                        policy.target_pause(failures, retry_after, unit)
+                    });
+                    if lane.paused_until(Instant::now()).is_some() {
+                        tracing::info!(site = %key.0, url = %key.1, failures = lane.failures(),
+                            pause = ?due.saturating_duration_since(Instant::now()), "target paused");
+                    }
+                    let worker = self.clone();
+                    self.calls.spawn(async move { worker.settle(report, due).await });
+                }
+                _ = sleep_until(wake) => {}
+                _ = tokio::time::sleep(LANE_IDLE), if idle => {
+                    let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+                    if work.is_empty() {
+                        lanes.remove(&key);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes one call: a merged call of fresh events, or a retry as it was first made.
+    async fn call(&self, batch: LaneBatch) -> CallReport {
+        let (events, target, webhook_id, attempt, parent, links, fallback_traceparent) =
+            match &batch {
+                Batch::Fresh(jobs) => {
+                    let mut events: Vec<Arc<Event>> =
+                        jobs.iter().map(|j| j.event.clone()).collect();
+                    events.sort_by_key(|e| e.seq);
+                    events.dedup_by_key(|e| e.seq);
+                    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+                    // The newest job carries the target as currently configured.
+                    let target = jobs.last().map(|j| j.target.clone());
+                    let site = events.first().map(|e| e.site.clone());
+                    let (Some(target), Some(site)) = (target, site) else {
+                        return empty_report(batch);
+                    };
+                    let id = call_id(&site, &target.url, &seqs);
+                    let parent = jobs[0].trace_context.clone();
+                    let links: Vec<trace::Context> =
+                        jobs[1..].iter().map(|j| j.trace_context.clone()).collect();
+                    let traceparent = jobs[0].traceparent.clone();
+                    (events, target, id, 1, parent, links, traceparent)
+                }
+                Batch::Retry(job) => {
+                    let events: Vec<Arc<Event>> =
+                        job.record.events.iter().cloned().map(Arc::new).collect();
+                    let parent = job.trace_context.clone();
+                    (
+                        events,
+                        job.target.clone(),
+                        job.record.webhook_id.clone(),
+                        job.record.attempt,
+                        parent,
+                        Vec::new(),
+                        job.record.traceparent.clone(),
+                    )
+                }
+            };
+        let Some(site) = events.first().map(|e| e.site.clone()) else {
+            return empty_report(batch);
+        };
+        let body = RevalidateBody::merge(&site, events.iter().map(|e| e.as_ref()));
+        metrics::histogram!("spool_revalidator_events_per_call").record(events.len() as f64);
 
         // A client span per call, a child of the first event's consumer span, linked to the
         // others; its context is the traceparent the site receives.
@@ -303,21 +481,21 @@ impl Worker {
             url.full = %target.url,
             http.response.status_code = tracing::field::Empty,
             spool.site = %site,
-            spool.events = batch.len(),
+            spool.events = events.len(),
+            spool.attempt = attempt,
         );
-        trace::adopt(&span, batch[0].trace_context.clone());
-        for job in &batch[1..] {
-            trace::link(&span, &job.trace_context);
+        trace::adopt(&span, parent);
+        for link in &links {
+            trace::link(&span, link);
         }
         let traceparent = trace::headers_of(&span)
             .into_iter()
             .find(|(name, _)| name == "traceparent")
             .map(|(_, value)| value)
-            .or_else(|| batch[0].traceparent.clone());
-
-        let result: CallResult = self
+            .or(fallback_traceparent);
+        let result = self
             .dispatcher
-            .call(&target, &id, &body, traceparent.as_deref())
+            .call(&target, &webhook_id, &body, traceparent.as_deref(), attempt)
             .instrument(span.clone())
             .await;
         if let Some(status) = result.status {
@@ -326,70 +504,138 @@ impl Worker {
         if result.outcome != Outcome::Delivered {
             span.record("otel.status_code", "ERROR");
         }
-        // One jitter draw per call, so that events that failed together come back together
-        // (and are merged into one call again).
-        let unit: f64 = rand::random();
-        for job in &batch {
-            let retry = self.settle(job, &id, &result, unit).await;
-            job.pending.complete(retry).await;
+        CallReport {
+            batch,
+            webhook_id,
+            attempt,
+            result,
         }
     }
 
-    /// Decides one job's fate; returns the delay after which its event must come back.
-    async fn settle(
-        &self,
-        job: &Job,
-        id: &str,
-        result: &CallResult,
-        unit: f64,
-    ) -> Option<Duration> {
-        let reason = match &result.outcome {
-            Outcome::Delivered => {
-                self.settle_done(job);
-                return None;
+    /// Records a call's fate and settles its jobs: delivered; dead-lettered (refused, or
+    /// no attempts left); or stored as a retry due at `due`.
+    async fn settle(&self, report: CallReport, due: Instant) {
+        let CallReport {
+            batch,
+            webhook_id,
+            attempt,
+            result,
+        } = report;
+        let settled = match &result.outcome {
+            Outcome::Delivered => true,
+            Outcome::Permanent => {
+                self.dead_letter(
+                    &batch,
+                    &webhook_id,
+                    attempt,
+                    &result,
+                    Reason::PermanentStatus,
+                )
+                .await
             }
-            Outcome::Retryable { retry_after } => {
-                match self
-                    .settings
-                    .policy
-                    .next_delay(job.attempt, *retry_after, unit)
-                {
-                    Some(delay) => {
-                        tracing::info!(seq = job.event.seq, url = %job.target.url, attempt = job.attempt, ?delay, error = ?result.error, "revalidation failed; will retry");
-                        return Some(delay);
+            Outcome::Retryable { .. } if self.settings.policy.allows_retry_after(attempt) => {
+                let delay = due.saturating_duration_since(Instant::now());
+                tracing::info!(webhook_id, attempt, ?delay, error = ?result.error, "revalidation failed; will retry");
+                match self.record_of(&batch, &webhook_id) {
+                    Some(mut record) => {
+                        record.attempt = attempt + 1;
+                        record.last_status = result.status;
+                        record.last_error = result.error.clone();
+                        schedule_or_log(&self.platform.jetstream, &record, delay).await
                     }
-                    None => "retries_exhausted",
+                    None => true,
                 }
             }
-            Outcome::Permanent => "permanent_status",
-        };
-        let record = DeadLetter {
-            site: job.event.site.clone(),
-            url: job.target.url.clone(),
-            reason: reason.into(),
-            webhook_id: id.into(),
-            attempts: job.attempt,
-            last_status: result.status,
-            last_error: result.error.clone(),
-            failed_at: time::OffsetDateTime::now_utc(),
-            event: (*job.event).clone(),
-        };
-        match dlq::write(&self.platform.jetstream, &record).await {
-            Ok(()) => {
-                self.settle_done(job);
-                None
+            Outcome::Retryable { .. } => {
+                self.dead_letter(
+                    &batch,
+                    &webhook_id,
+                    attempt,
+                    &result,
+                    Reason::RetriesExhausted,
+                )
+                .await
             }
-            // Not recorded, so not done: the event comes back and is decided again.
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "writing a dead letter failed; retrying the event");
-                Some(Duration::from_secs(1))
-            }
-        }
+        };
+        complete(batch, settled).await;
     }
 
-    fn settle_done(&self, job: &Job) {
-        let mut settled = self.settled.lock().unwrap_or_else(PoisonError::into_inner);
-        settled.insert((job.event.seq, job.target.url.clone()));
+    /// Stores what waits as a retry due at `due`, without calling, and settles it.
+    async fn park(&self, batch: LaneBatch, due: Instant) {
+        let webhook_id = match &batch {
+            Batch::Retry(job) => job.record.webhook_id.clone(),
+            Batch::Fresh(jobs) => {
+                let mut seqs: Vec<u64> = jobs.iter().map(|j| j.event.seq).collect();
+                seqs.sort_unstable();
+                seqs.dedup();
+                let Some(first) = jobs.first() else { return };
+                call_id(&first.event.site, &first.target.url, &seqs)
+            }
+        };
+        metrics::counter!("spool_revalidator_parked_total").increment(batch.len() as u64);
+        let delay = due.saturating_duration_since(Instant::now());
+        let settled = match self.record_of(&batch, &webhook_id) {
+            Some(record) => schedule_or_log(&self.platform.jetstream, &record, delay).await,
+            None => true,
+        };
+        complete(batch, settled).await;
+    }
+
+    /// The retry record of a batch: a due retry's own record, or a new one (attempt 1).
+    /// `None` for an empty batch (the lane makes none).
+    fn record_of(&self, batch: &LaneBatch, webhook_id: &str) -> Option<RetryRecord> {
+        let jobs = match batch {
+            Batch::Retry(job) => return Some(job.record.clone()),
+            Batch::Fresh(jobs) => jobs,
+        };
+        let first = jobs.first()?;
+        let mut events: Vec<Event> = jobs.iter().map(|j| (*j.event).clone()).collect();
+        events.sort_by_key(|e| e.seq);
+        events.dedup_by_key(|e| e.seq);
+        Some(RetryRecord {
+            site: first.event.site.clone(),
+            url: first.target.url.clone(),
+            webhook_id: webhook_id.to_owned(),
+            attempt: 1,
+            since: time::OffsetDateTime::now_utc(),
+            last_status: None,
+            last_error: None,
+            traceparent: first.traceparent.clone(),
+            events,
+        })
+    }
+
+    /// One dead letter per (event, target); true when every one was stored.
+    async fn dead_letter(
+        &self,
+        batch: &LaneBatch,
+        webhook_id: &str,
+        attempt: u64,
+        result: &CallResult,
+        reason: Reason,
+    ) -> bool {
+        let Some(record) = self.record_of(batch, webhook_id) else {
+            return true;
+        };
+        let mut all = true;
+        for event in &record.events {
+            let letter = DeadLetter {
+                site: record.site.clone(),
+                url: record.url.clone(),
+                reason,
+                webhook_id: webhook_id.to_owned(),
+                attempts: attempt,
+                last_status: result.status,
+                last_error: result.error.clone(),
+                failed_at: time::OffsetDateTime::now_utc(),
+                event: event.clone(),
+            };
+            if let Err(e) = dlq::write(&self.platform.jetstream, &letter).await {
+                tracing::error!(error = %format!("{e:#}"), "writing a dead letter failed; the call comes back");
+                all = false;
+            }
+        }
+        all
     }
 
     /// Calls a target once for a dead letter's event (replay), through the same signing,
@@ -397,6 +643,50 @@ impl Worker {
     pub async fn replay(&self, target: &RevalidateTarget, event: &Event) -> CallResult {
         let id = call_id(&event.site, &target.url, &[event.seq]);
         let body = RevalidateBody::merge(&event.site, [event]);
-        self.dispatcher.call(target, &id, &body, None).await
+        self.dispatcher.call(target, &id, &body, None, 0).await
+    }
+}
+
+async fn sleep_until(wake: Option<Instant>) {
+    match wake {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn empty_report(batch: LaneBatch) -> CallReport {
+    CallReport {
+        batch,
+        webhook_id: String::new(),
+        attempt: 0,
+        result: CallResult {
+            outcome: Outcome::Delivered,
+            status: None,
+            error: None,
+        },
+    }
+}
+
+async fn schedule_or_log(js: &jetstream::Context, record: &RetryRecord, delay: Duration) -> bool {
+    match retries::schedule(js, record, delay).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), webhook_id = %record.webhook_id,
+                "storing a retry failed; its events come back");
+            false
+        }
+    }
+}
+
+/// Settles every job of a batch — duplicates of one event included: each holds its own
+/// message.
+async fn complete(batch: LaneBatch, settled: bool) {
+    match batch {
+        Batch::Fresh(jobs) => {
+            for job in jobs {
+                job.held.done(settled).await;
+            }
+        }
+        Batch::Retry(job) => job.held.done(settled).await,
     }
 }

@@ -1,0 +1,450 @@
+//! One target's lane, as pure state: what waits for the target, what is being called, and
+//! whether the target may be called now. The I/O shell (`worker`) feeds it work and the
+//! results of calls and carries out the [`Action`]s it returns; nothing here waits, calls
+//! or reads a clock (every method takes `now`), so it is tested with tokio's paused time.
+//!
+//! The rules, per target:
+//! - Fresh events that arrive within the coalescing window are merged into one call (up to
+//!   `max_events` events and `max_bytes` of event JSON, so that a call's retry record always
+//!   fits in one NATS message). A retry is called as it was first made: never merged.
+//! - At most `concurrency` calls at once; after a failure, one call at a time (a probe)
+//!   until a call succeeds.
+//! - A failed call pauses the target: no call before the pause ends (the retry schedule by
+//!   consecutive failures, or the target's `Retry-After` when longer). Whatever is queued
+//!   or arrives meanwhile is parked — stored as a retry due when the pause ends — not held.
+//! - At most `max_held` items wait in the lane; past that (the target is slow, or a probe
+//!   is out) the oldest are parked until a call could have finished. So a target never
+//!   holds more than its share of the consumer's unacknowledged events, whatever it does.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The lane's limits.
+#[derive(Debug, Clone)]
+pub struct LaneSettings {
+    pub window: Duration,
+    pub max_events: usize,
+    pub max_bytes: usize,
+    pub concurrency: usize,
+    pub max_held: usize,
+    /// How long a call may take: parked overflow comes back after this.
+    pub call_timeout: Duration,
+}
+
+/// Work for the target: fresh events to merge, or a retry to make as it was.
+#[derive(Debug)]
+pub enum Work<F, R> {
+    Fresh(F),
+    Retry(R),
+}
+
+/// What one call or one parking covers.
+#[derive(Debug)]
+pub enum Batch<F, R> {
+    Fresh(Vec<F>),
+    Retry(R),
+}
+
+impl<F, R> Batch<F, R> {
+    pub fn len(&self) -> usize {
+        match self {
+            Batch::Fresh(jobs) => jobs.len(),
+            Batch::Retry(_) => 1,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the shell should do next.
+#[derive(Debug)]
+pub enum Action<F, R> {
+    /// Make this call; report its end with [`LaneCore::finished`] and the ticket.
+    Call(Batch<F, R>, Ticket),
+    /// Don't call: store this as a retry due at the instant.
+    Park(Batch<F, R>, Instant),
+    /// Nothing to do before the instant (`None`: before new work or a call's end).
+    Wait(Option<Instant>),
+}
+
+/// Handed out with a call, given back with its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    /// The target's consecutive failures when the call started.
+    failures_at_start: u32,
+}
+
+/// How a call ended, for the lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallEnd {
+    Delivered,
+    /// Not delivered; `pause(failures)` gives the pause after the target's `failures`-th
+    /// consecutive failure (the shell's retry policy, with the call's `Retry-After`).
+    Failed,
+    /// Answered with a status that retrying won't change: the target is up.
+    Refused,
+}
+
+struct Queued<F, R> {
+    work: Work<F, R>,
+    bytes: usize,
+    arrived: Instant,
+}
+
+pub struct LaneCore<F, R> {
+    settings: LaneSettings,
+    queue: VecDeque<Queued<F, R>>,
+    in_flight: usize,
+    failures: u32,
+    paused_until: Option<Instant>,
+}
+
+impl<F, R> LaneCore<F, R> {
+    pub fn new(mut settings: LaneSettings) -> Self {
+        settings.max_events = settings.max_events.max(1);
+        settings.concurrency = settings.concurrency.max(1);
+        settings.max_held = settings.max_held.max(settings.max_events);
+        LaneCore {
+            settings,
+            queue: VecDeque::new(),
+            in_flight: 0,
+            failures: 0,
+            paused_until: None,
+        }
+    }
+
+    /// Adds work (`bytes`: its size in a retry record).
+    pub fn push(&mut self, work: Work<F, R>, bytes: usize, now: Instant) {
+        self.queue.push_back(Queued {
+            work,
+            bytes,
+            arrived: now,
+        });
+    }
+
+    /// Items waiting (not in a call).
+    pub fn held(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// The end of the target's pause, if it is paused at `now`.
+    pub fn paused_until(&self, now: Instant) -> Option<Instant> {
+        self.paused_until.filter(|until| *until > now)
+    }
+
+    /// Consecutive failed calls (0: the target answered the last call).
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Nothing waits, nothing is in flight, no pause to remember: the lane may end.
+    pub fn is_idle(&self, now: Instant) -> bool {
+        self.queue.is_empty() && self.in_flight == 0 && self.paused_until(now).is_none()
+    }
+
+    /// The next thing to do.
+    pub fn next(&mut self, now: Instant) -> Action<F, R> {
+        if self.queue.is_empty() {
+            return Action::Wait(self.paused_until(now));
+        }
+        if let Some(until) = self.paused_until(now) {
+            let batch = self.take_batch();
+            return Action::Park(batch, until);
+        }
+        let probing = self.failures > 0 && self.in_flight > 0;
+        if !probing && self.in_flight < self.settings.concurrency {
+            if let Some(ready_at) = self.ready_at() {
+                if ready_at <= now {
+                    let batch = self.take_batch();
+                    self.in_flight += 1;
+                    let ticket = Ticket {
+                        failures_at_start: self.failures,
+                    };
+                    return Action::Call(batch, ticket);
+                }
+                if self.queue.len() <= self.settings.max_held {
+                    return Action::Wait(Some(ready_at));
+                }
+            }
+        }
+        if self.queue.len() > self.settings.max_held {
+            let batch = self.take_batch();
+            return Action::Park(batch, now + self.settings.call_timeout);
+        }
+        Action::Wait(None)
+    }
+
+    /// A call ended. `pause` gives the pause after the target's n-th consecutive failure.
+    /// Returns when the call's events may be tried again (for its retry record).
+    pub fn finished(
+        &mut self,
+        ticket: Ticket,
+        end: CallEnd,
+        now: Instant,
+        pause: impl FnOnce(u32) -> Duration,
+    ) -> Instant {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        match end {
+            CallEnd::Delivered | CallEnd::Refused => {
+                self.failures = 0;
+                self.paused_until = None;
+                now
+            }
+            CallEnd::Failed => {
+                // Calls already out when an earlier one failed don't escalate the backoff
+                // (four calls failing together are one failure of the target), but they
+                // may lengthen the pause (a later Retry-After).
+                let failures = if ticket.failures_at_start == self.failures {
+                    self.failures = self.failures.saturating_add(1);
+                    self.failures
+                } else {
+                    self.failures.max(1)
+                };
+                let until = now + pause(failures);
+                let until = self.paused_until.map_or(until, |p| p.max(until));
+                self.paused_until = Some(until);
+                until
+            }
+        }
+    }
+
+    /// When the front of the queue may be called: a retry at once; fresh events when the
+    /// window since the oldest has passed, or at once when a full batch waits.
+    fn ready_at(&self) -> Option<Instant> {
+        let front = self.queue.front()?;
+        if matches!(front.work, Work::Retry(_)) {
+            return Some(front.arrived);
+        }
+        let (mut events, mut bytes) = (0, 0);
+        for item in &self.queue {
+            if matches!(item.work, Work::Retry(_)) {
+                break;
+            }
+            events += 1;
+            bytes += item.bytes;
+            if events >= self.settings.max_events || bytes >= self.settings.max_bytes {
+                return Some(front.arrived);
+            }
+        }
+        Some(front.arrived + self.settings.window)
+    }
+
+    /// The front retry, or the fresh events at the front that fit one call.
+    fn take_batch(&mut self) -> Batch<F, R> {
+        let mut fresh = Vec::new();
+        let mut bytes = 0;
+        while let Some(front) = self.queue.front() {
+            let full = fresh.len() >= self.settings.max_events
+                || (!fresh.is_empty() && bytes + front.bytes > self.settings.max_bytes);
+            if full {
+                break;
+            }
+            let Some(item) = self.queue.pop_front() else {
+                break;
+            };
+            match item.work {
+                Work::Retry(retry) if fresh.is_empty() => return Batch::Retry(retry),
+                Work::Retry(retry) => {
+                    self.queue.push_front(Queued {
+                        work: Work::Retry(retry),
+                        bytes: item.bytes,
+                        arrived: item.arrived,
+                    });
+                    break;
+                }
+                Work::Fresh(job) => {
+                    bytes += item.bytes;
+                    fresh.push(job);
+                }
+            }
+        }
+        Batch::Fresh(fresh)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> LaneSettings {
+        LaneSettings {
+            window: Duration::from_millis(100),
+            max_events: 3,
+            max_bytes: 1000,
+            concurrency: 2,
+            max_held: 5,
+            call_timeout: Duration::from_secs(10),
+        }
+    }
+
+    type Lane = LaneCore<u32, &'static str>;
+
+    fn fresh(lane: &mut Lane, ids: impl IntoIterator<Item = u32>) {
+        for id in ids {
+            lane.push(Work::Fresh(id), 10, Instant::now());
+        }
+    }
+
+    fn call(action: Action<u32, &'static str>) -> (Vec<u32>, Ticket) {
+        match action {
+            Action::Call(Batch::Fresh(jobs), ticket) => (jobs, ticket),
+            other => panic!("expected a call of fresh events, got {other:?}"),
+        }
+    }
+
+    fn pause(_failures: u32) -> Duration {
+        Duration::from_secs(5)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_within_the_window_are_one_call() {
+        let mut lane = Lane::new(settings());
+        fresh(&mut lane, [1]);
+        tokio::time::advance(Duration::from_millis(50)).await;
+        fresh(&mut lane, [2]);
+        let now = Instant::now();
+        assert!(
+            matches!(lane.next(now), Action::Wait(Some(t)) if t == now + Duration::from_millis(50))
+        );
+        tokio::time::advance(Duration::from_millis(50)).await;
+        let (jobs, _) = call(lane.next(Instant::now()));
+        assert_eq!(jobs, [1, 2]);
+        assert!(matches!(lane.next(Instant::now()), Action::Wait(None)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_goes_at_once_and_bytes_cap_it() {
+        let mut lane = Lane::new(settings());
+        fresh(&mut lane, [1, 2, 3, 4]);
+        assert_eq!(call(lane.next(Instant::now())).0, [1, 2, 3]);
+        let mut lane = Lane::new(settings());
+        lane.push(Work::Fresh(1), 600, Instant::now());
+        lane.push(Work::Fresh(2), 600, Instant::now());
+        assert_eq!(call(lane.next(Instant::now())).0, [1]);
+        // One item bigger than the budget still goes, alone.
+        let mut lane = Lane::new(settings());
+        lane.push(Work::Fresh(1), 5000, Instant::now());
+        assert_eq!(call(lane.next(Instant::now())).0, [1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_is_never_merged() {
+        let mut lane = Lane::new(settings());
+        fresh(&mut lane, [1]);
+        lane.push(Work::Retry("r"), 10, Instant::now());
+        fresh(&mut lane, [2]);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(call(lane.next(Instant::now())).0, [1]);
+        assert!(matches!(
+            lane.next(Instant::now()),
+            Action::Call(Batch::Retry("r"), _)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrency_is_capped_and_overflow_is_parked() {
+        let mut lane = Lane::new(settings());
+        fresh(&mut lane, 1..=6);
+        let (_, _a) = call(lane.next(Instant::now()));
+        let (_, _b) = call(lane.next(Instant::now()));
+        assert_eq!(lane.in_flight(), 2);
+        assert!(matches!(lane.next(Instant::now()), Action::Wait(None)));
+        fresh(&mut lane, 7..=12);
+        // 6 held, 5 allowed: the oldest three are parked until a call could have ended.
+        let now = Instant::now();
+        match lane.next(now) {
+            Action::Park(Batch::Fresh(jobs), due) => {
+                assert_eq!(jobs, [7, 8, 9]);
+                assert_eq!(due, now + Duration::from_secs(10));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(lane.next(now), Action::Wait(None)));
+        assert_eq!(lane.held(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_pauses_the_target_and_parks_what_waits() {
+        let mut lane = Lane::new(settings());
+        fresh(&mut lane, [1, 2, 3]);
+        let (_, ticket) = call(lane.next(Instant::now()));
+        fresh(&mut lane, [4]);
+        let now = Instant::now();
+        let due = lane.finished(ticket, CallEnd::Failed, now, pause);
+        assert_eq!(due, now + Duration::from_secs(5));
+        assert_eq!(lane.paused_until(now), Some(due));
+        match lane.next(now) {
+            Action::Park(Batch::Fresh(jobs), at) => {
+                assert_eq!(jobs, [4]);
+                assert_eq!(at, due);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A retry that comes due early (another replica's) is parked again, not called.
+        lane.push(Work::Retry("r"), 10, now);
+        assert!(matches!(lane.next(now), Action::Park(Batch::Retry("r"), at) if at == due));
+        assert!(matches!(lane.next(now), Action::Wait(Some(at)) if at == due));
+        assert!(!lane.is_idle(now));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(lane.is_idle(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_failure_one_probe_at_a_time_and_success_reopens() {
+        let mut lane = Lane::new(settings());
+        fresh(&mut lane, [1]);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let (_, ticket) = call(lane.next(Instant::now()));
+        lane.finished(ticket, CallEnd::Failed, Instant::now(), pause);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        lane.push(Work::Retry("a"), 10, Instant::now());
+        lane.push(Work::Retry("b"), 10, Instant::now());
+        let Action::Call(Batch::Retry("a"), probe) = lane.next(Instant::now()) else {
+            panic!("the probe");
+        };
+        assert!(matches!(lane.next(Instant::now()), Action::Wait(None)));
+        lane.finished(probe, CallEnd::Delivered, Instant::now(), pause);
+        assert_eq!(lane.failures(), 0);
+        assert!(matches!(
+            lane.next(Instant::now()),
+            Action::Call(Batch::Retry("b"), _)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_failing_together_count_once_but_may_lengthen_the_pause() {
+        let mut lane = Lane::new(settings());
+        fresh(&mut lane, 1..=6);
+        let (_, a) = call(lane.next(Instant::now()));
+        let (_, b) = call(lane.next(Instant::now()));
+        let now = Instant::now();
+        lane.finished(a, CallEnd::Failed, now, |n| {
+            Duration::from_secs(5 * u64::from(n))
+        });
+        let due = lane.finished(b, CallEnd::Failed, now, |n| {
+            assert_eq!(n, 1, "not escalated");
+            Duration::from_secs(60) // a longer Retry-After
+        });
+        assert_eq!(lane.failures(), 1);
+        assert_eq!(due, now + Duration::from_secs(60));
+        assert_eq!(lane.paused_until(now), Some(due));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_is_an_answer_not_an_outage() {
+        let mut lane = Lane::new(settings());
+        fresh(&mut lane, [1, 2, 3]);
+        let (_, ticket) = call(lane.next(Instant::now()));
+        let now = Instant::now();
+        assert_eq!(lane.finished(ticket, CallEnd::Refused, now, pause), now);
+        assert_eq!(lane.paused_until(now), None);
+    }
+}
