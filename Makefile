@@ -12,7 +12,7 @@ SYSTEM_NATS := $(shell scripts/system-nats-server.sh)
 NATS_SERVER_BIN ?= $(if $(SYSTEM_NATS),$(SYSTEM_NATS),$(TOOLS)/bin/nats-server)
 export NATS_SERVER_BIN
 
-.PHONY: all tools build release test fmt lint run demo-webhook bench-ingest bench-delivery bench-revalidator bench bench-quick clean
+.PHONY: all tools build release test fmt lint run leak-check demo-webhook bench-ingest bench-delivery bench-revalidator bench bench-quick clean
 .PHONY: deploy-tools deploy-check image
 
 all: build
@@ -77,6 +77,10 @@ node:
 
 chromium:
 	@scripts/ensure-system-packages.sh chromium
+
+# The leak check at length: 200,000 webhooks through the release binaries; RSS per service.
+leak-check: tools release
+	SPOOL_LEAK_EVENTS=200000 cargo test --release -p spool-integration-tests --test it memory:: -- --nocapture
 
 clean:
 	cargo clean

@@ -6,7 +6,7 @@
 //! two sites: `acme`, whose target answers 200, and `down`, whose target always answers 503
 //! (its events are retried, then dead-lettered). Webhooks go in rounds; after each round,
 //! once every `acme` event reached its target, the RSS of each service is read. The first
-//! round warms up (allocator arenas, connection pools, the delivery's window); the slope
+//! two rounds warm up (allocator arenas, connection pools, the delivery's window); the slope
 //! over the later rounds is what the services keep per event.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,10 +22,13 @@ use crate::{eventually, site_json, write_sites_file};
 /// The services measured, in report order.
 pub const SERVICES: [&str; 3] = ["spool-ingest", "spool-delivery", "spool-revalidator"];
 
+/// Rounds before the first sample.
+const WARM_UP_ROUNDS: usize = 2;
+
 /// How much to send.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
-    /// Webhooks per round (the first round is the warm-up).
+    /// Webhooks per round (the first two rounds are the warm-up).
     pub per_round: usize,
     /// Measured rounds after the warm-up.
     pub rounds: usize,
@@ -39,7 +42,8 @@ pub struct Plan {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub plan: Plan,
-    /// `samples[service][round]`, services in [`SERVICES`] order; round 0 is after warm-up.
+    /// `samples[service][round]`, services in [`SERVICES`] order; sample 0 is after the
+    /// warm-up.
     pub samples: Vec<Vec<u64>>,
 }
 
@@ -49,7 +53,10 @@ impl Report {
         self.plan.per_round * self.plan.rounds
     }
 
-    /// Least-squares slope of a service's RSS over the measured rounds, in bytes per event.
+    /// The slope of a service's RSS over the measured rounds, in bytes per event: the
+    /// median of the slopes between every two samples (Theil–Sen), so that one step — an
+    /// allocator arena touched for the first time — is not read as growth, while growth
+    /// that goes on is.
     pub fn bytes_per_event(&self, service: usize) -> f64 {
         let ys: Vec<f64> = self.samples[service]
             .iter()
@@ -83,23 +90,27 @@ impl Report {
     }
 }
 
-/// Least-squares slope of `ys` over `xs` (0 for fewer than two points).
+/// The Theil–Sen slope of `ys` over `xs`: the median of the slopes between every two
+/// points (0 for fewer than two points).
 pub fn slope(xs: &[f64], ys: &[f64]) -> f64 {
-    let n = xs.len().min(ys.len()) as f64;
-    if n < 2.0 {
+    let n = xs.len().min(ys.len());
+    let mut slopes = Vec::new();
+    for i in 0..n {
+        for j in i + 1..n {
+            if xs[j] != xs[i] {
+                slopes.push((ys[j] - ys[i]) / (xs[j] - xs[i]));
+            }
+        }
+    }
+    if slopes.is_empty() {
         return 0.0;
     }
-    let mx = xs.iter().sum::<f64>() / n;
-    let my = ys.iter().sum::<f64>() / n;
-    let (mut num, mut den) = (0.0, 0.0);
-    for (x, y) in xs.iter().zip(ys) {
-        num += (x - mx) * (y - my);
-        den += (x - mx) * (x - mx);
-    }
-    if den == 0.0 {
-        0.0
+    slopes.sort_by(f64::total_cmp);
+    let mid = slopes.len() / 2;
+    if slopes.len() % 2 == 0 {
+        (slopes[mid - 1] + slopes[mid]) / 2.0
     } else {
-        num / den
+        slopes[mid]
     }
 }
 
@@ -119,6 +130,12 @@ pub async fn measure(plan: Plan) -> Report {
         ("NATS_URL", nats.url()),
         ("SPOOL_SITES_FILE", sites.display().to_string()),
         ("RUST_LOG", "warn".to_string()),
+        // jemalloc hands freed pages back at once, so RSS follows what is live rather than
+        // what the allocator keeps cached for a while (10 s by default).
+        (
+            "_RJEM_MALLOC_CONF",
+            "dirty_decay_ms:0,muzzy_decay_ms:0".to_string(),
+        ),
         // Failing calls are retried twice, quickly, then dead-lettered: every path runs.
         ("SPOOL_RETRY_SCHEDULE", "100ms,200ms".to_string()),
         // The delivery's window is full after the warm-up (a full window stays its size:
@@ -141,11 +158,11 @@ pub async fn measure(plan: Plan) -> Report {
 
     let mut samples = vec![Vec::new(); SERVICES.len()];
     let mut last_acme = 0u64;
-    for round in 0..=plan.rounds {
+    for round in 0..plan.rounds + WARM_UP_ROUNDS {
         let hooks: Vec<(Webhook, &'static str)> = (0..plan.per_round)
             .map(|i| {
                 let n = round * plan.per_round + i;
-                let site = if n % plan.failing_every.max(1) == 0 {
+                let site = if n.is_multiple_of(plan.failing_every.max(1)) {
                     "down"
                 } else {
                     "acme"
@@ -186,8 +203,10 @@ pub async fn measure(plan: Plan) -> Report {
             },
         )
         .await;
-        for (i, process) in processes.iter().enumerate() {
-            samples[i].push(process.rss_kib());
+        if round + 1 >= WARM_UP_ROUNDS {
+            for (i, process) in processes.iter().enumerate() {
+                samples[i].push(process.rss_kib());
+            }
         }
     }
     Report { plan, samples }
@@ -212,5 +231,9 @@ mod tests {
         assert_eq!(super::slope(&[0.0, 1.0, 2.0], &[1.0, 3.0, 5.0]), 2.0);
         assert_eq!(super::slope(&[0.0, 1.0, 2.0], &[4.0, 4.0, 4.0]), 0.0);
         assert_eq!(super::slope(&[1.0], &[1.0]), 0.0);
+        // One step early on is not growth; growth that goes on is.
+        let xs = [0.0, 1.0, 2.0, 3.0, 4.0];
+        assert_eq!(super::slope(&xs, &[0.0, 100.0, 100.0, 100.0, 100.0]), 0.0);
+        assert_eq!(super::slope(&xs, &[0.0, 100.0, 200.0, 300.0, 400.0]), 100.0);
     }
 }

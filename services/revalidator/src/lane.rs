@@ -11,7 +11,9 @@
 //!   until a call succeeds.
 //! - A failed call pauses the target: no call before the pause ends (the retry schedule by
 //!   consecutive failures, or the target's `Retry-After` when longer). Whatever is queued
-//!   or arrives meanwhile is parked — stored as a retry due when the pause ends — not held.
+//!   or arrives meanwhile is parked — stored as a retry due when the pause ends — not held;
+//!   a retry that comes due during the pause counts as an attempt failed with the target
+//!   (the shell's rule), so every retry's life stays within its schedule.
 //! - At most `max_held` items wait in the lane; past that (the target is slow, or a probe
 //!   is out) the oldest are parked until a call could have finished. So a target never
 //!   holds more than its share of the consumer's unacknowledged events, whatever it does.
@@ -66,9 +68,18 @@ pub enum Action<F, R> {
     /// Make this call; report its end with [`LaneCore::finished`] and the ticket.
     Call(Batch<F, R>, Ticket),
     /// Don't call: store this as a retry due at the instant.
-    Park(Batch<F, R>, Instant),
+    Park(Batch<F, R>, Instant, Parked),
     /// Nothing to do before the instant (`None`: before new work or a call's end).
     Wait(Option<Instant>),
+}
+
+/// Why work was parked instead of called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parked {
+    /// The target is paused after a failure: for a retry, this attempt failed with it.
+    Paused,
+    /// The target is busy (its calls are all out, or a probe is): nothing failed.
+    Busy,
 }
 
 /// Handed out with a call, given back with its result.
@@ -155,9 +166,15 @@ impl<F, R> LaneCore<F, R> {
         if self.queue.is_empty() {
             return Action::Wait(self.paused_until(now));
         }
+        let overflowing = self.queue.len() > self.settings.max_held;
         if let Some(until) = self.paused_until(now) {
-            let batch = self.take_batch();
-            return Action::Park(batch, until);
+            // Parked work is merged like calls are: one record per window, not per event.
+            return match self.ready_at() {
+                Some(ready_at) if ready_at > now && !overflowing => {
+                    Action::Wait(Some(ready_at.min(until)))
+                }
+                _ => Action::Park(self.take_batch(), until, Parked::Paused),
+            };
         }
         let probing = self.failures > 0 && self.in_flight > 0;
         if !probing && self.in_flight < self.settings.concurrency {
@@ -170,14 +187,14 @@ impl<F, R> LaneCore<F, R> {
                     };
                     return Action::Call(batch, ticket);
                 }
-                if self.queue.len() <= self.settings.max_held {
+                if !overflowing {
                     return Action::Wait(Some(ready_at));
                 }
             }
         }
-        if self.queue.len() > self.settings.max_held {
+        if overflowing {
             let batch = self.take_batch();
-            return Action::Park(batch, now + self.settings.call_timeout);
+            return Action::Park(batch, now + self.settings.call_timeout, Parked::Busy);
         }
         Action::Wait(None)
     }
@@ -361,7 +378,7 @@ mod tests {
         // 6 held, 5 allowed: the oldest three are parked until a call could have ended.
         let now = Instant::now();
         match lane.next(now) {
-            Action::Park(Batch::Fresh(jobs), due) => {
+            Action::Park(Batch::Fresh(jobs), due, Parked::Busy) => {
                 assert_eq!(jobs, [7, 8, 9]);
                 assert_eq!(due, now + Duration::from_secs(10));
             }
@@ -381,19 +398,26 @@ mod tests {
         let due = lane.finished(ticket, CallEnd::Failed, now, pause);
         assert_eq!(due, now + Duration::from_secs(5));
         assert_eq!(lane.paused_until(now), Some(due));
+        // What waits is parked once its window is up, merged as a call would be.
+        fresh(&mut lane, [5]);
+        assert!(matches!(lane.next(now), Action::Wait(Some(_))));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let now = Instant::now();
         match lane.next(now) {
-            Action::Park(Batch::Fresh(jobs), at) => {
-                assert_eq!(jobs, [4]);
+            Action::Park(Batch::Fresh(jobs), at, Parked::Paused) => {
+                assert_eq!(jobs, [4, 5]);
                 assert_eq!(at, due);
             }
             other => panic!("{other:?}"),
         }
-        // A retry that comes due early (another replica's) is parked again, not called.
+        // A retry that comes due during the pause is not called.
         lane.push(Work::Retry("r"), 10, now);
-        assert!(matches!(lane.next(now), Action::Park(Batch::Retry("r"), at) if at == due));
+        assert!(
+            matches!(lane.next(now), Action::Park(Batch::Retry("r"), at, Parked::Paused) if at == due)
+        );
         assert!(matches!(lane.next(now), Action::Wait(Some(at)) if at == due));
         assert!(!lane.is_idle(now));
-        tokio::time::advance(Duration::from_secs(5)).await;
+        tokio::time::advance(Duration::from_secs(6)).await;
         assert!(lane.is_idle(Instant::now()));
     }
 

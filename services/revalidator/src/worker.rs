@@ -24,7 +24,7 @@ use tracing::Instrument as _;
 
 use crate::dispatch::{call_id, CallResult, Dispatcher};
 use crate::dlq::{self, DeadLetter, Reason};
-use crate::lane::{Action, Batch, CallEnd, LaneCore, LaneSettings, Ticket, Work};
+use crate::lane::{Action, Batch, CallEnd, LaneCore, LaneSettings, Parked, Ticket, Work};
 use crate::retries::{self, RetryRecord};
 use crate::retry::{Outcome, RetryPolicy};
 
@@ -378,10 +378,10 @@ impl Worker {
                             let _ = done_tx.send((ticket, report));
                         });
                     }
-                    Action::Park(batch, due) => {
+                    Action::Park(batch, due, why) => {
                         let worker = self.clone();
                         self.calls
-                            .spawn(async move { worker.park(batch, due).await });
+                            .spawn(async move { worker.park(batch, due, why).await });
                     }
                     Action::Wait(wake) => break wake,
                 }
@@ -533,8 +533,16 @@ impl Worker {
                 )
                 .await
             }
-            Outcome::Retryable { .. } if self.settings.policy.allows_retry_after(attempt) => {
-                let delay = due.saturating_duration_since(Instant::now());
+            Outcome::Retryable { retry_after }
+                if self.settings.policy.allows_retry_after(attempt) =>
+            {
+                // The target's pause, or the call's own step of the schedule when longer.
+                let own = self
+                    .settings
+                    .policy
+                    .next_delay(attempt, *retry_after, rand::random())
+                    .unwrap_or_default();
+                let delay = due.saturating_duration_since(Instant::now()).max(own);
                 tracing::info!(webhook_id, attempt, ?delay, error = ?result.error, "revalidation failed; will retry");
                 match self.record_of(&batch, &webhook_id) {
                     Some(mut record) => {
@@ -560,8 +568,11 @@ impl Worker {
         complete(batch, settled).await;
     }
 
-    /// Stores what waits as a retry due at `due`, without calling, and settles it.
-    async fn park(&self, batch: LaneBatch, due: Instant) {
+    /// Stores what waits as a retry due at `due`, without calling, and settles it. A retry
+    /// that came due while its target is paused has had its attempt: the target's failure
+    /// stands for it (so a record lives no longer than its schedule, however long the
+    /// target is down), and it is dead-lettered when that was its last.
+    async fn park(&self, batch: LaneBatch, due: Instant, why: Parked) {
         let webhook_id = match &batch {
             Batch::Retry(job) => job.record.webhook_id.clone(),
             Batch::Fresh(jobs) => {
@@ -572,12 +583,49 @@ impl Worker {
                 call_id(&first.event.site, &first.target.url, &seqs)
             }
         };
-        metrics::counter!("spool_revalidator_parked_total").increment(batch.len() as u64);
-        let delay = due.saturating_duration_since(Instant::now());
-        let settled = match self.record_of(&batch, &webhook_id) {
-            Some(record) => schedule_or_log(&self.platform.jetstream, &record, delay).await,
-            None => true,
+        let Some(mut record) = self.record_of(&batch, &webhook_id) else {
+            return;
         };
+        let mut delay = due.saturating_duration_since(Instant::now());
+        if why == Parked::Paused && matches!(batch, Batch::Retry(_)) {
+            let attempt = record.attempt;
+            let result = CallResult {
+                outcome: Outcome::Retryable { retry_after: None },
+                status: record.last_status,
+                error: Some(format!(
+                    "not called: the target is paused after failing ({})",
+                    record.last_error.as_deref().unwrap_or("no answer")
+                )),
+            };
+            if !self.settings.policy.allows_retry_after(attempt) {
+                let settled = self
+                    .dead_letter(
+                        &batch,
+                        &webhook_id,
+                        attempt,
+                        &result,
+                        Reason::RetriesExhausted,
+                    )
+                    .await;
+                complete(batch, settled).await;
+                return;
+            }
+            let own = self
+                .settings
+                .policy
+                .next_delay(attempt, None, rand::random())
+                .unwrap_or_default();
+            delay = delay.max(own);
+            record.attempt = attempt + 1;
+            record.last_error = result.error;
+        }
+        let label = match why {
+            Parked::Paused => "target_paused",
+            Parked::Busy => "target_busy",
+        };
+        metrics::counter!("spool_revalidator_parked_total", "reason" => label)
+            .increment(batch.len() as u64);
+        let settled = schedule_or_log(&self.platform.jetstream, &record, delay).await;
         complete(batch, settled).await;
     }
 
