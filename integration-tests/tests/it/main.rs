@@ -16,6 +16,7 @@ mod revalidator;
 mod revalidator_batch;
 mod revalidator_crash;
 mod revalidator_dlq;
+mod revalidator_isolation;
 mod revalidator_slow;
 mod sigterm;
 mod telemetry;
