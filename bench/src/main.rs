@@ -7,6 +7,10 @@
 //!
 //! `spool-bench --latency STREAMS RATE [--seconds S] [--runs N]` measures one latency row,
 //! for both systems, and only prints it (to rerun a row, or to profile the servers under it).
+//!
+//! Every run ends with the memory row: RSS of each service under steady events (100,000
+//! after a warm-up; 20,000 with `--quick`), as growth per 100k events; `--memory` runs
+//! only that and prints it.
 
 mod baseline;
 mod report;
@@ -43,6 +47,10 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if args.iter().any(|a| a == "--memory") {
+        println!("{}", memory_row(quick).await);
+        return Ok(());
+    }
     let plan = if quick {
         scenarios::Plan::quick()
     } else {
@@ -71,6 +79,10 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let written = report::write(&out, &plan, runs, &results)?;
+    let memory = memory_row(quick).await;
+    let mut markdown = std::fs::read_to_string(&written.markdown)?;
+    markdown.push_str(&memory);
+    std::fs::write(&written.markdown, markdown)?;
     println!("{}", std::fs::read_to_string(&written.markdown)?);
     println!(
         "written: {} {} {}",
@@ -79,6 +91,25 @@ async fn main() -> anyhow::Result<()> {
         written.svg.display()
     );
     Ok(())
+}
+
+/// The memory row: the leak check of the test suite at bench size, on the release build.
+async fn memory_row(quick: bool) -> String {
+    use spool_integration_tests::memory::{measure, Plan};
+    let plan = Plan {
+        per_round: if quick { 5_000 } else { 25_000 },
+        rounds: 4,
+        concurrency: 64,
+        failing_every: 20,
+    };
+    let report = measure(plan).await;
+    format!(
+        "\n## Memory under steady events\n\n{} webhooks after a warm-up of {} (one in {} to a site whose target always answers 503: retried, then dead-lettered); RSS of each service after each round, growth as the median slope between rounds:\n\n{}",
+        report.measured_events(),
+        2 * plan.per_round,
+        plan.failing_every,
+        report.markdown()
+    )
 }
 
 /// Resolves on the first SIGINT or SIGTERM, with its name and the exit code it calls for.

