@@ -8,9 +8,12 @@
 //! `spool-bench --latency STREAMS RATE [--seconds S] [--runs N]` measures one latency row,
 //! for both systems, and only prints it (to rerun a row, or to profile the servers under it).
 //!
-//! Every run ends with the memory row: RSS of each service under steady events (100,000
-//! after a warm-up; 20,000 with `--quick`), as growth per 100k events; `--memory` runs
-//! only that and prints it.
+//! Every run ends with two rows of their own:
+//! - memory: RSS of each service under steady events (100,000 after a warm-up; 20,000 with
+//!   `--quick`), as growth per 100k events; `--memory` runs only that and prints it;
+//! - isolation: revalidation latency of healthy sites alone, then beside failing sites
+//!   with backlogs (20 sites × 1,200 events; 4 × 500 with `--quick`); `--isolation` runs
+//!   only that and prints it.
 
 mod baseline;
 mod report;
@@ -51,6 +54,10 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", memory_row(quick).await);
         return Ok(());
     }
+    if args.iter().any(|a| a == "--isolation") {
+        println!("{}", isolation_row(quick).await);
+        return Ok(());
+    }
     let plan = if quick {
         scenarios::Plan::quick()
     } else {
@@ -80,8 +87,10 @@ async fn main() -> anyhow::Result<()> {
     };
     let written = report::write(&out, &plan, runs, &results)?;
     let memory = memory_row(quick).await;
+    let isolation = isolation_row(quick).await;
     let mut markdown = std::fs::read_to_string(&written.markdown)?;
     markdown.push_str(&memory);
+    markdown.push_str(&isolation);
     std::fs::write(&written.markdown, markdown)?;
     println!("{}", std::fs::read_to_string(&written.markdown)?);
     println!(
@@ -109,6 +118,32 @@ async fn memory_row(quick: bool) -> String {
         2 * plan.per_round,
         plan.failing_every,
         report.markdown()
+    )
+}
+
+/// The isolation row: healthy sites' revalidation latency alone, then beside failing sites.
+async fn isolation_row(quick: bool) -> String {
+    use spool_integration_tests::isolation::{measure, Plan};
+    let (failing, backlog, samples) = if quick { (4, 500, 40) } else { (20, 1200, 100) };
+    let mut rows = String::new();
+    for failing in [0, failing] {
+        let report = measure(Plan {
+            failing,
+            backlog,
+            samples,
+        })
+        .await;
+        let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
+        rows.push_str(&format!(
+            "| {failing} | {} | {} | {} | {} |\n",
+            if failing == 0 { 0 } else { backlog },
+            ms(report.percentile(0.5)),
+            ms(report.percentile(0.99)),
+            ms(report.percentile(1.0)),
+        ));
+    }
+    format!(
+        "\n## Revalidation isolation\n\nHealthy sites' revalidation latency (webhook accepted → call received, {samples} events one at a time, default settings: 100 ms coalescing window), alone and beside failing sites (targets answering 503, or 429 with `Retry-After: 3600`, alternately), each given a backlog first:\n\n| failing sites | backlog each | p50 (ms) | p99 (ms) | max (ms) |\n|---:|---:|---:|---:|---:|\n{rows}"
     )
 }
 

@@ -3,6 +3,7 @@
 //! No fixed ports and no sleeps for readiness: everything waits on a condition with a
 //! deadline ([`eventually`]).
 
+pub mod isolation;
 pub mod memory;
 pub mod nats_server;
 pub mod otlp;

@@ -20,6 +20,9 @@ pub const RETRY_STREAM: &str = "SPOOL_RETRY";
 pub const RETRY_SUBJECTS: &str = "spool.retry.>";
 /// Where the server publishes a retry when its time comes: what the retry consumer reads.
 pub const RETRY_DUE_FILTER: &str = "spool.retry.due.>";
+/// The NATS KV bucket of paused revalidation targets (key `<site>.<target>`): every
+/// revalidator replica follows it, so a target that failed is left alone by all of them.
+pub const TARGETS_BUCKET: &str = "spool-revalidator-targets";
 /// The NATS KV bucket of the site registry (key = site id, value = site JSON).
 pub const SITES_BUCKET: &str = "spool-sites";
 /// JetStream's de-duplication header.

@@ -20,7 +20,7 @@ pub struct Setup {
     pub revalidator: TestService,
 }
 
-async fn consumer_info(
+pub async fn consumer_info(
     js: &async_nats::jetstream::Context,
 ) -> Option<async_nats::jetstream::consumer::Info> {
     let stream = js.get_stream("SPOOL_EVENTS").await.ok()?;

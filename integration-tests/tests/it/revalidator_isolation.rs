@@ -184,3 +184,64 @@ async fn a_waiting_retry_survives_kill_9_and_comes_at_its_time_with_the_same_id(
     .await;
     assert_eq!(target.calls().len(), 2, "called once more than needed");
 }
+
+#[tokio::test]
+async fn a_targets_pause_holds_for_every_replica_and_for_one_started_later() {
+    let nats = NatsServer::start().await;
+    let ingest = TestService::start(ingest_config(&nats.url())).await;
+    let target = TestReceiver::start([]).await;
+    target.otherwise(Reply::RetryAfter(429, 3600));
+    let mut site = site_json("acme");
+    site["revalidate"] = serde_json::json!([target.target(None)]);
+    ingest.put_site(&site).await;
+    let _a = TestService::start_revalidator(revalidator_config(&nats.url())).await;
+    let _b = TestService::start_revalidator(revalidator_config(&nats.url())).await;
+    wait_consumer(&nats.url()).await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let publish = |n: usize| {
+        let ingest = &ingest;
+        async move {
+            let id = format!("msg_{n}");
+            let (status, body) = Webhook::published(&id, "blog", &id)
+                .send(&ingest.http, &ingest.base_url, "acme")
+                .await;
+            assert_eq!(status, 202, "{body}");
+        }
+    };
+    // Everything handed out was settled (called, or stored as a retry).
+    let settled = || async {
+        eventually("the events settled", T, || async {
+            let info = crate::revalidator::consumer_info(&js).await?;
+            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+        })
+        .await
+    };
+
+    publish(0).await;
+    target.wait_calls(1, T).await;
+    let bucket = js.get_key_value("spool-revalidator-targets").await.unwrap();
+    eventually("the pause shared", T, || async {
+        let mut keys = bucket.keys().await.ok()?;
+        keys.next().await.map(|_| ())
+    })
+    .await;
+    // Both replicas get some of these; neither calls.
+    for n in 1..=20 {
+        publish(n).await;
+    }
+    settled().await;
+    assert_eq!(target.calls().len(), 1, "a replica called a paused target");
+
+    // A replica started now loads the pause before it takes anything.
+    let _c = TestService::start_revalidator(revalidator_config(&nats.url())).await;
+    for n in 21..=30 {
+        publish(n).await;
+    }
+    settled().await;
+    assert_eq!(
+        target.calls().len(),
+        1,
+        "the new replica called a paused target"
+    );
+    assert!(retries_waiting(&js).await.unwrap_or(0) > 0);
+}

@@ -1,13 +1,13 @@
 //! NATS wiring: the connection (reconnecting for ever) and the idempotent provisioning of
-//! `SPOOL_EVENTS`, `SPOOL_DLQ`, `SPOOL_RETRY` and the `spool-sites` bucket from
-//! configuration.
+//! `SPOOL_EVENTS`, `SPOOL_DLQ`, `SPOOL_RETRY` and the `spool-sites` and
+//! `spool-revalidator-targets` buckets from configuration.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 use spool_proto::names::{
     DLQ_STREAM, DLQ_SUBJECTS, EVENTS_STREAM, EVENTS_SUBJECTS, RETRY_STREAM, RETRY_SUBJECTS,
-    SITES_BUCKET,
+    SITES_BUCKET, TARGETS_BUCKET,
 };
 use tokio::sync::watch;
 
@@ -23,8 +23,11 @@ pub enum ProvisionError {
         name: &'static str,
         source: jetstream::context::CreateStreamError,
     },
-    #[error("bucket {SITES_BUCKET}: {0}")]
-    Bucket(#[from] jetstream::context::CreateKeyValueError),
+    #[error("bucket {name}: {source}")]
+    Bucket {
+        name: &'static str,
+        source: jetstream::context::CreateKeyValueError,
+    },
 }
 
 /// Connects in the background and keeps reconnecting for ever (quickly: a NATS restart
@@ -162,6 +165,21 @@ pub fn sites_bucket_config(s: &StreamSettings) -> kv::Config {
     }
 }
 
+/// The configuration of the `spool-revalidator-targets` bucket: a paused target's pause,
+/// latest value only; entries expire a day after their last write (no pause is longer).
+pub fn targets_bucket_config(s: &StreamSettings) -> kv::Config {
+    kv::Config {
+        bucket: TARGETS_BUCKET.into(),
+        description: "Spool Live revalidation targets paused after failing".into(),
+        history: 1,
+        max_age: Duration::from_secs(25 * 3600),
+        max_value_size: 1024,
+        storage: stream::StorageType::File,
+        num_replicas: usize::from(s.replicas),
+        ..Default::default()
+    }
+}
+
 /// Creates or updates both streams and the bucket to match `settings`. Safe to run from
 /// every replica of every service at every start.
 pub async fn provision(
@@ -177,9 +195,18 @@ pub async fn provision(
             .await
             .map_err(|source| ProvisionError::Stream { name, source })?;
     }
-    Ok(js
-        .create_or_update_key_value(sites_bucket_config(settings))
-        .await?)
+    js.create_or_update_key_value(targets_bucket_config(settings))
+        .await
+        .map_err(|source| ProvisionError::Bucket {
+            name: TARGETS_BUCKET,
+            source,
+        })?;
+    js.create_or_update_key_value(sites_bucket_config(settings))
+        .await
+        .map_err(|source| ProvisionError::Bucket {
+            name: SITES_BUCKET,
+            source,
+        })
 }
 
 #[cfg(test)]

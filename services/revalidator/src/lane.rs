@@ -156,6 +156,23 @@ impl<F, R> LaneCore<F, R> {
         self.failures
     }
 
+    /// Another replica's word on the target: its pause (end, consecutive failures), or
+    /// `None` when a call to it succeeded. A pause only ever lengthens here.
+    pub fn adopt(&mut self, pause: Option<(Instant, u32)>, now: Instant) {
+        match pause {
+            Some((until, failures)) => {
+                if until > now && self.paused_until.is_none_or(|p| p < until) {
+                    self.paused_until = Some(until);
+                }
+                self.failures = self.failures.max(failures);
+            }
+            None => {
+                self.failures = 0;
+                self.paused_until = None;
+            }
+        }
+    }
+
     /// Nothing waits, nothing is in flight, no pause to remember: the lane may end.
     pub fn is_idle(&self, now: Instant) -> bool {
         self.queue.is_empty() && self.in_flight == 0 && self.paused_until(now).is_none()
@@ -460,6 +477,27 @@ mod tests {
         assert_eq!(lane.failures(), 1);
         assert_eq!(due, now + Duration::from_secs(60));
         assert_eq!(lane.paused_until(now), Some(due));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_replicas_pause_is_adopted_and_its_success_clears_it() {
+        let mut lane = Lane::new(settings());
+        let now = Instant::now();
+        let until = now + Duration::from_secs(60);
+        lane.adopt(Some((until, 3)), now);
+        assert_eq!(lane.paused_until(now), Some(until));
+        assert_eq!(lane.failures(), 3);
+        // A shorter pause heard later does not shorten it.
+        lane.adopt(Some((now + Duration::from_secs(1), 1)), now);
+        assert_eq!(lane.paused_until(now), Some(until));
+        fresh(&mut lane, [1]);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(
+            matches!(lane.next(Instant::now()), Action::Park(_, at, Parked::Paused) if at == until)
+        );
+        lane.adopt(None, Instant::now());
+        assert_eq!(lane.paused_until(Instant::now()), None);
+        assert_eq!(lane.failures(), 0);
     }
 
     #[tokio::test(start_paused = true)]

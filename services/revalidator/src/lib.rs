@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod dlq;
 pub mod error;
 pub mod lane;
+pub mod pauses;
 pub mod retries;
 pub mod retry;
 pub mod routes;
@@ -58,11 +59,31 @@ impl Application {
             ack_wait: config.ack_wait,
             max_ack_pending: config.max_ack_pending,
         };
-        let mut feeds = Vec::new();
+        // The shared target pauses are loaded before anything is consumed: a replica that
+        // starts must not call a target another one paused.
+        let pauses_synced = Arc::new(AtomicBool::new(false));
+        let (first_sync, mut synced_once) = tokio::sync::watch::channel(false);
+        {
+            let (synced, changed) = (pauses_synced.clone(), worker.clone());
+            tokio::spawn(worker.pauses.clone().follow(
+                platform.jetstream.clone(),
+                platform.disconnects.clone(),
+                shutdown.clone(),
+                move |ok| {
+                    synced.store(ok, Ordering::Release);
+                    if ok {
+                        first_sync.send_replace(true);
+                    }
+                },
+                move |key, pause| changed.pause_changed(key, pause),
+            ));
+        }
+        let mut feeds = vec![pauses_synced];
+        let mut consumers = Vec::new();
         for feed in [consumer::Feed::Events, consumer::Feed::Retries] {
             let consuming = Arc::new(AtomicBool::new(false));
             feeds.push(consuming.clone());
-            tokio::spawn(consumer::run(
+            consumers.push(consumer::run(
                 platform.jetstream.clone(),
                 consumer.clone(),
                 feed,
@@ -72,6 +93,11 @@ impl Application {
                 shutdown.clone(),
             ));
         }
+        tokio::spawn(async move {
+            if synced_once.wait_for(|synced| *synced).await.is_ok() {
+                futures::future::join_all(consumers).await;
+            }
+        });
         platform.readiness.add_check("consumer_not_ready", move || {
             feeds.iter().all(|ready| ready.load(Ordering::Acquire))
         });

@@ -25,6 +25,7 @@ use tracing::Instrument as _;
 use crate::dispatch::{call_id, CallResult, Dispatcher};
 use crate::dlq::{self, DeadLetter, Reason};
 use crate::lane::{Action, Batch, CallEnd, LaneCore, LaneSettings, Parked, Ticket, Work};
+use crate::pauses::{self, Pause, Pauses};
 use crate::retries::{self, RetryRecord};
 use crate::retry::{Outcome, RetryPolicy};
 
@@ -153,8 +154,16 @@ type LaneWork = Work<FreshJob, RetryJob>;
 type LaneBatch = Batch<FreshJob, RetryJob>;
 /// A lane per (site, target URL).
 type LaneKey = (SiteId, String);
-/// Work for a lane, with its size in a retry record.
-type LaneInbox = mpsc::UnboundedSender<(LaneWork, usize)>;
+/// What a lane is told. (Work is by far the common message: boxing it to shrink the rare
+/// `Pause` would cost an allocation per job.)
+#[allow(clippy::large_enum_variant)]
+enum LaneInput {
+    /// Work, with its size in a retry record.
+    Work(LaneWork, usize),
+    /// Another replica's pause of the target (`None`: the target answered).
+    Pause(Option<Pause>),
+}
+type LaneInbox = mpsc::UnboundedSender<LaneInput>;
 
 /// What a call covered and how it went, from the call task back to its lane.
 struct CallReport {
@@ -169,6 +178,8 @@ pub struct Worker {
     dispatcher: Dispatcher,
     settings: Settings,
     lanes: Mutex<HashMap<LaneKey, LaneInbox>>,
+    /// Target pauses shared by every replica.
+    pub pauses: Arc<Pauses>,
     /// Every call and every settling in flight; shutdown waits for them.
     pub calls: TaskTracker,
 }
@@ -180,6 +191,7 @@ impl Worker {
             dispatcher,
             settings,
             lanes: Mutex::default(),
+            pauses: Pauses::new(),
             calls: TaskTracker::new(),
         })
     }
@@ -340,12 +352,22 @@ impl Worker {
             tokio::spawn(self.clone().run_lane(key.clone(), rx));
             tx
         });
-        if let Err(mpsc::error::SendError(item)) = sender.send((work, bytes)) {
+        if let Err(mpsc::error::SendError(item)) = sender.send(LaneInput::Work(work, bytes)) {
             // Only if the lane's task died; start a new one.
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(self.clone().run_lane(key, rx));
             let _ = tx.send(item);
             *sender = tx;
+        }
+    }
+
+    /// Tells the lane of a target, if this replica has one, of a pause shared by another.
+    pub fn pause_changed(&self, key: &str, pause: Option<Pause>) {
+        let lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        for ((site, url), inbox) in lanes.iter() {
+            if pauses::key(site, &retries::target_key(site, url)) == key {
+                let _ = inbox.send(LaneInput::Pause(pause));
+            }
         }
     }
 
@@ -361,12 +383,17 @@ impl Worker {
     }
 
     /// Drives one target's lane until it has been idle for [`LANE_IDLE`].
-    async fn run_lane(
-        self: Arc<Self>,
-        key: LaneKey,
-        mut work: mpsc::UnboundedReceiver<(LaneWork, usize)>,
-    ) {
+    async fn run_lane(self: Arc<Self>, key: LaneKey, mut work: mpsc::UnboundedReceiver<LaneInput>) {
         let mut lane: LaneCore<FreshJob, RetryJob> = LaneCore::new(self.lane_settings());
+        let shared_key = pauses::key(&key.0, &retries::target_key(&key.0, &key.1));
+        let adopt = |lane: &mut LaneCore<FreshJob, RetryJob>, pause: Option<Pause>| {
+            let now = Instant::now();
+            let pause = pause.map(|p| (now + p.remaining(pauses::now_ms()), p.failures));
+            lane.adopt(pause, now);
+        };
+        if let Some(pause) = self.pauses.get(&shared_key) {
+            adopt(&mut lane, Some(pause));
+        }
         let (done_tx, mut done) = mpsc::unbounded_channel::<(Ticket, CallReport)>();
         loop {
             let wake = loop {
@@ -389,7 +416,8 @@ impl Worker {
             let idle = lane.is_idle(Instant::now());
             tokio::select! {
                 item = work.recv() => match item {
-                    Some((item, bytes)) => lane.push(item, bytes, Instant::now()),
+                    Some(LaneInput::Work(item, bytes)) => lane.push(item, bytes, Instant::now()),
+                    Some(LaneInput::Pause(pause)) => adopt(&mut lane, pause),
                     None => return,
                 },
                 Some((ticket, report)) = done.recv() => {
@@ -404,12 +432,25 @@ impl Worker {
                     };
                     let unit: f64 = rand::random();
                     let policy = &self.settings.policy;
+                    let failures_before = lane.failures();
                     let due = lane.finished(ticket, end, Instant::now(), |failures| {
                         policy.target_pause(failures, retry_after, unit)
                     });
-                    if lane.paused_until(Instant::now()).is_some() {
+                    let shared = if lane.paused_until(Instant::now()).is_some() {
+                        let pause = due.saturating_duration_since(Instant::now());
                         tracing::info!(site = %key.0, url = %key.1, failures = lane.failures(),
-                            pause = ?due.saturating_duration_since(Instant::now()), "target paused");
+                            ?pause, "target paused");
+                        let until_ms = pauses::now_ms()
+                            .saturating_add(i64::try_from(pause.as_millis()).unwrap_or(i64::MAX));
+                        Some(Some(Pause { until_ms, failures: lane.failures() }))
+                    } else if failures_before > 0 {
+                        Some(None)
+                    } else {
+                        None
+                    };
+                    if let Some(pause) = shared {
+                        let (js, shared_key) = (self.platform.jetstream.clone(), shared_key.clone());
+                        self.calls.spawn(async move { pauses::publish(&js, &shared_key, pause).await });
                     }
                     let worker = self.clone();
                     self.calls.spawn(async move { worker.settle(report, due).await });
