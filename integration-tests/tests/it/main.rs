@@ -8,6 +8,7 @@ mod delivery_resume;
 mod delivery_slow;
 mod delivery_stream;
 mod deploy;
+mod http_limits;
 mod memory;
 mod nats_outage;
 mod openapi;

@@ -40,6 +40,33 @@ pub struct DeliveryConfig {
 }
 
 impl DeliveryConfig {
+    /// Checks what the flags' types can't: every problem, one line each.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if self.replay_window == 0 {
+            problems.push("SPOOL_REPLAY_WINDOW must be at least 1");
+        }
+        if self.replay_window_bytes < 1024 * 1024 {
+            problems.push(
+                "SPOOL_REPLAY_WINDOW_BYTES must be at least 1 MiB (one event can be 512 KiB)",
+            );
+        }
+        if self.heartbeat < Duration::from_millis(100) {
+            problems.push("SPOOL_HEARTBEAT must be at least 100ms");
+        }
+        if self.sse_retry < Duration::from_millis(100) {
+            problems.push("SPOOL_SSE_RETRY must be at least 100ms");
+        }
+        if self.slow_client_timeout < Duration::from_millis(100) {
+            problems.push("SPOOL_SLOW_CLIENT_TIMEOUT must be at least 100ms");
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
     /// Defaults, with the given shared settings and listen address (port 0 in tests).
     pub fn new(common: CommonConfig, listen: SocketAddr) -> DeliveryConfig {
         DeliveryConfig {
@@ -51,5 +78,22 @@ impl DeliveryConfig {
             sse_retry: Duration::from_secs(3),
             slow_client_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_zero_durations_are_named() {
+        let parsed = DeliveryConfig::try_parse_from(["x"]).unwrap();
+        parsed.validate().unwrap();
+        let bad =
+            DeliveryConfig::try_parse_from(["x", "--heartbeat", "0s", "--replay-window", "0"])
+                .unwrap();
+        let err = bad.validate().unwrap_err();
+        assert!(err.contains("SPOOL_HEARTBEAT"), "{err}");
+        assert!(err.contains("SPOOL_REPLAY_WINDOW must"), "{err}");
     }
 }

@@ -47,6 +47,9 @@ impl Application {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Application> {
         use anyhow::Context as _;
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let listener = http::bind(config.listen)
             .with_context(|| format!("binding SPOOL_LISTEN {}", config.listen))?;
         let port = listener.local_addr()?.port();
@@ -100,6 +103,7 @@ impl Application {
             on_write_stall: || {
                 metrics::counter!("spool_delivery_slow_clients_dropped_total").increment(1);
             },
+            ..http::ConnectionLimits::from_config(&self.platform.config)
         };
         http::serve_with_grace(self.listener, self.router, shutdown, grace, limits).await?;
         tracing::info!("spool-delivery stopped");

@@ -64,7 +64,7 @@ impl Application {
             self.router,
             shutdown,
             grace,
-            http::ConnectionLimits::default(),
+            http::ConnectionLimits::from_config(&self.platform.config),
         )
         .await?;
         self.platform.flush_on_shutdown().await;

@@ -66,6 +66,15 @@ pub struct CommonConfig {
     /// Log format: `text` (readable) or `json` (one object per line, for production).
     #[arg(long, env = "SPOOL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+
+    /// A connection that takes longer than this to send a request head — a new one, or an
+    /// idle keep-alive one waiting for its next request — is closed.
+    #[arg(long, env = "SPOOL_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Open connections per process; past this, new ones are closed at once (clients retry).
+    #[arg(long, env = "SPOOL_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
 }
 
 /// How the streams and the bucket are provisioned (applied idempotently at start-up).
@@ -115,6 +124,36 @@ impl CommonConfig {
             streams: StreamSettings::default(),
             shutdown_grace: Duration::from_secs(20),
             log_format: "text".into(),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 20_000,
+        }
+    }
+
+    /// Checks what the flags' types can't: every problem, one line each.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if self.header_timeout < Duration::from_millis(100) {
+            problems.push("SPOOL_HEADER_TIMEOUT must be at least 100ms".to_string());
+        }
+        if self.max_connections == 0 {
+            problems.push("SPOOL_MAX_CONNECTIONS must be at least 1".to_string());
+        }
+        if self.shutdown_grace.is_zero() {
+            problems.push("SPOOL_SHUTDOWN_GRACE must be more than 0".to_string());
+        }
+        if self.streams.duplicate_window.is_zero() {
+            problems.push("SPOOL_DUPLICATE_WINDOW must be more than 0".to_string());
+        }
+        if !self.streams.max_age.is_zero() && self.streams.duplicate_window > self.streams.max_age {
+            problems.push(format!(
+                "SPOOL_DUPLICATE_WINDOW ({:?}) must not exceed SPOOL_STREAM_MAX_AGE ({:?})",
+                self.streams.duplicate_window, self.streams.max_age
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
         }
     }
 }

@@ -2,6 +2,7 @@
 //! shutdown, and the operational routes (`/healthz`, `/readyz`, `/metrics`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -12,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -157,6 +159,11 @@ pub struct ConnectionLimits {
     pub write_stall: Duration,
     /// Called for each connection closed so (the service counts it its own way).
     pub on_write_stall: fn(),
+    /// A connection that sends no complete request head for this long — new, or idle
+    /// between keep-alive requests — is closed (half-sent heads can't pile up).
+    pub header_timeout: Duration,
+    /// Open connections at most; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -164,6 +171,19 @@ impl Default for ConnectionLimits {
         ConnectionLimits {
             write_stall: Duration::from_secs(30),
             on_write_stall: || {},
+            header_timeout: Duration::from_secs(10),
+            max_connections: 20_000,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// The defaults with the shared settings (`SPOOL_HEADER_TIMEOUT`, `SPOOL_MAX_CONNECTIONS`).
+    pub fn from_config(config: &crate::config::CommonConfig) -> ConnectionLimits {
+        ConnectionLimits {
+            header_timeout: config.header_timeout,
+            max_connections: config.max_connections,
+            ..ConnectionLimits::default()
         }
     }
 }
@@ -187,6 +207,7 @@ pub async fn serve(
     limits: ConnectionLimits,
 ) -> std::io::Result<()> {
     let connections = TaskTracker::new();
+    let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -200,13 +221,22 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            metrics::counter!("http_server_connections_refused_total").increment(1);
+            tracing::debug!(%peer, "connection limit reached; connection closed");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(WriteStall::new(stream, limits.write_stall));
         let service = TowerToHyperService::new(router.clone());
         let shutdown = shutdown.clone();
         connections.spawn(async move {
+            let _permit = permit;
             let connection = hyper::server::conn::http1::Builder::new()
                 .max_buf_size(MAX_CONNECTION_BUFFER)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
                 .serve_connection(io, service);
             tokio::pin!(connection);
             let result = tokio::select! {

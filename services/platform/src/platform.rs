@@ -35,6 +35,9 @@ impl Platform {
         service: &str,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Platform> {
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let sites = match config.sites_file() {
             Some(path) => registry::load_sites_file(path)?,
             None => Vec::new(),

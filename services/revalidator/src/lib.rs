@@ -130,11 +130,13 @@ impl Application {
     pub async fn run(self) -> anyhow::Result<()> {
         let shutdown = self.platform.shutdown.clone();
         let grace = self.platform.config.shutdown_grace;
-        http::serve(
+        // Bounded like the other services: a half-open connection can't hold SIGTERM.
+        http::serve_with_grace(
             self.listener,
             self.router,
             shutdown.clone(),
-            http::ConnectionLimits::default(),
+            grace,
+            http::ConnectionLimits::from_config(&self.platform.config),
         )
         .await?;
         self.worker.calls.close();

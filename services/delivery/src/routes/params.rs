@@ -39,12 +39,18 @@ impl Params {
         self.get("token")
     }
 
-    /// `?collections=a,b`; `None` = every collection.
+    /// `?collections=a,b`; `None` = every collection. A name given twice counts once
+    /// (JetStream refuses overlapping filters).
     pub fn collections(&self) -> Result<Option<Vec<String>>, DeliveryError> {
         let Some(raw) = self.get("collections") else {
             return Ok(None);
         };
-        let list: Vec<String> = raw.split(',').map(|c| c.trim().to_owned()).collect();
+        let mut list: Vec<String> = Vec::new();
+        for name in raw.split(',').map(|c| c.trim().to_owned()) {
+            if !list.contains(&name) {
+                list.push(name);
+            }
+        }
         if let Some(bad) = list.iter().find(|c| !is_valid_name(c)) {
             return Err(bad_param(format!(
                 "collections: {bad:?} is not a collection name (comma-separated names matching ^[a-z0-9][a-z0-9_-]{{0,62}}$)"
@@ -90,6 +96,19 @@ impl Params {
             self.number("wait", MAX_WAIT_SECS)?.unwrap_or(0),
         ))
     }
+}
+
+/// The `Last-Event-ID` header's text (`None` when absent); a value that is not text is a
+/// 400, not a reason to start somewhere else.
+pub fn last_event_id(headers: &axum::http::HeaderMap) -> Result<Option<&str>, DeliveryError> {
+    headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str().map_err(|_| {
+                bad_param("Last-Event-ID: not a sequence number (not even text)".into())
+            })
+        })
+        .transpose()
 }
 
 /// The SSE start point: `Last-Event-ID` (a reconnecting browser), else `?since=`.
@@ -157,6 +176,21 @@ mod tests {
         assert!(message(p("collections=Blog").collections().unwrap_err()).contains("\"Blog\""));
         assert!(message(p("collections=").collections().unwrap_err()).contains("collections"));
         assert!(message(p("collections=a,,b").collections().unwrap_err()).contains("collections"));
+        assert_eq!(
+            p("collections=blog,news,blog").collections().unwrap(),
+            Some(vec!["blog".to_string(), "news".to_string()])
+        );
+    }
+
+    #[test]
+    fn a_last_event_id_that_is_not_text_is_refused() {
+        let mut headers = axum::http::HeaderMap::new();
+        assert_eq!(last_event_id(&headers).unwrap(), None);
+        headers.insert("last-event-id", axum::http::HeaderValue::from_static("7"));
+        assert_eq!(last_event_id(&headers).unwrap(), Some("7"));
+        let raw = axum::http::HeaderValue::from_bytes(&[0xff, 0x31]).unwrap();
+        headers.insert("last-event-id", raw);
+        assert!(message(last_event_id(&headers).unwrap_err()).contains("Last-Event-ID"));
     }
 
     #[test]

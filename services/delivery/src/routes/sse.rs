@@ -25,7 +25,7 @@ use futures::Stream;
 use tokio::time::{Interval, MissedTickBehavior};
 
 use super::access::{self, with_cors};
-use super::params::{stream_cursor, Params};
+use super::params::{last_event_id, stream_cursor, Params};
 use super::{AppState, OpenConnection};
 use crate::catchup::{catch_up, CatchUp};
 use crate::error::DeliveryError;
@@ -54,8 +54,7 @@ pub async fn stream(
     };
     let origin = access::allowed_origin(&site, &headers);
     let start = access::authorize(&site, &headers, &params).and_then(|()| {
-        let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
-        let cursor = stream_cursor(&params, last_event_id)?;
+        let cursor = stream_cursor(&params, last_event_id(&headers)?)?;
         let filter = Filter {
             site: site.id.to_string(),
             collections: params.collections()?,
