@@ -45,6 +45,8 @@ pub struct Report {
     /// `samples[service][round]`, services in [`SERVICES`] order; sample 0 is after the
     /// warm-up.
     pub samples: Vec<Vec<u64>>,
+    /// Retry records in `SPOOL_RETRY` at each sample (the failing target's backlog).
+    pub retries: Vec<u64>,
 }
 
 impl Report {
@@ -102,6 +104,8 @@ impl Report {
                 self.kib_per_100k(i)
             ));
         }
+        let retries: Vec<String> = self.retries.iter().map(u64::to_string).collect();
+        out.push_str(&format!("retries waiting    | {}\n", retries.join(" ")));
         out
     }
 }
@@ -173,6 +177,7 @@ pub async fn measure(plan: Plan) -> Report {
         .expect("HTTP client");
 
     let mut samples = vec![Vec::new(); SERVICES.len()];
+    let mut retries = Vec::new();
     let mut last_acme = 0u64;
     for round in 0..plan.rounds + WARM_UP_ROUNDS {
         let hooks: Vec<(Webhook, &'static str)> = (0..plan.per_round)
@@ -223,9 +228,26 @@ pub async fn measure(plan: Plan) -> Report {
             for (i, process) in processes.iter().enumerate() {
                 samples[i].push(process.rss_kib());
             }
+            retries.push(retries_waiting(&nats.url()).await);
         }
     }
-    Report { plan, samples }
+    Report {
+        plan,
+        samples,
+        retries,
+    }
+}
+
+/// Records in `SPOOL_RETRY` (0 if it can't be read).
+async fn retries_waiting(nats_url: &str) -> u64 {
+    let Ok(client) = async_nats::connect(nats_url).await else {
+        return 0;
+    };
+    let js = async_nats::jetstream::new(client);
+    let Ok(mut stream) = js.get_stream(spool_proto::names::RETRY_STREAM).await else {
+        return 0;
+    };
+    stream.info().await.map_or(0, |info| info.state.messages)
 }
 
 /// Sends a webhook until it is stored (a CMS retries a 503 with the same id); its seq.

@@ -19,6 +19,7 @@ mod revalidator_crash;
 mod revalidator_dlq;
 mod revalidator_isolation;
 mod revalidator_slow;
+mod settings;
 mod sigterm;
 mod telemetry;
 mod webhooks;

@@ -14,7 +14,8 @@
 //!   or arrives meanwhile is parked — stored as a retry due when the pause ends — not held;
 //!   a retry that comes due during the pause counts as an attempt failed with the target
 //!   (the shell's rule), so every retry's life stays within its schedule.
-//! - At most `max_held` items wait in the lane; past that (the target is slow, or a probe
+//! - At most `max_held` events wait in the lane (a retry weighs its events); past that (the
+//!   target is slow, or a probe
 //!   is out) the oldest are parked until a call could have finished. So a target never
 //!   holds more than its share of the consumer's unacknowledged events, whatever it does.
 
@@ -103,12 +104,16 @@ pub enum CallEnd {
 struct Queued<F, R> {
     work: Work<F, R>,
     bytes: usize,
+    /// Events it stands for (a retry: its record's).
+    events: usize,
     arrived: Instant,
 }
 
 pub struct LaneCore<F, R> {
     settings: LaneSettings,
     queue: VecDeque<Queued<F, R>>,
+    /// Events in `queue`.
+    held: usize,
     in_flight: usize,
     failures: u32,
     paused_until: Option<Instant>,
@@ -122,24 +127,33 @@ impl<F, R> LaneCore<F, R> {
         LaneCore {
             settings,
             queue: VecDeque::new(),
+            held: 0,
             in_flight: 0,
             failures: 0,
             paused_until: None,
         }
     }
 
-    /// Adds work (`bytes`: its size in a retry record).
+    /// Adds work of one event (`bytes`: its size in a retry record).
     pub fn push(&mut self, work: Work<F, R>, bytes: usize, now: Instant) {
+        self.push_events(work, bytes, 1, now);
+    }
+
+    /// Adds work that stands for `events` events (a retry of a merged call).
+    pub fn push_events(&mut self, work: Work<F, R>, bytes: usize, events: usize, now: Instant) {
+        let events = events.max(1);
+        self.held += events;
         self.queue.push_back(Queued {
             work,
             bytes,
+            events,
             arrived: now,
         });
     }
 
-    /// Items waiting (not in a call).
+    /// Events waiting (not in a call).
     pub fn held(&self) -> usize {
-        self.queue.len()
+        self.held
     }
 
     pub fn in_flight(&self) -> usize {
@@ -183,7 +197,7 @@ impl<F, R> LaneCore<F, R> {
         if self.queue.is_empty() {
             return Action::Wait(self.paused_until(now));
         }
-        let overflowing = self.queue.len() > self.settings.max_held;
+        let overflowing = self.held > self.settings.max_held;
         if let Some(until) = self.paused_until(now) {
             // Parked work is merged like calls are: one record per window, not per event.
             return match self.ready_at() {
@@ -284,12 +298,15 @@ impl<F, R> LaneCore<F, R> {
             let Some(item) = self.queue.pop_front() else {
                 break;
             };
+            self.held = self.held.saturating_sub(item.events);
             match item.work {
                 Work::Retry(retry) if fresh.is_empty() => return Batch::Retry(retry),
                 Work::Retry(retry) => {
+                    self.held += item.events;
                     self.queue.push_front(Queued {
                         work: Work::Retry(retry),
                         bytes: item.bytes,
+                        events: item.events,
                         arrived: item.arrived,
                     });
                     break;
@@ -402,6 +419,29 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(lane.next(now), Action::Wait(None)));
+        assert_eq!(lane.held(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_weighs_its_events_against_the_waiting_room() {
+        let mut lane = Lane::new(settings());
+        fresh(&mut lane, [1]);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let (_, ticket) = call(lane.next(Instant::now()));
+        lane.finished(ticket, CallEnd::Failed, Instant::now(), |_| Duration::ZERO);
+        // A probe is out; a retry of 4 events waits, one of 3 more overflows (5 allowed).
+        lane.push(Work::Retry("probe"), 10, Instant::now());
+        let Action::Call(Batch::Retry("probe"), _) = lane.next(Instant::now()) else {
+            panic!("the probe");
+        };
+        lane.push_events(Work::Retry("a"), 10, 4, Instant::now());
+        assert!(matches!(lane.next(Instant::now()), Action::Wait(None)));
+        lane.push_events(Work::Retry("b"), 10, 3, Instant::now());
+        assert_eq!(lane.held(), 7);
+        assert!(matches!(
+            lane.next(Instant::now()),
+            Action::Park(Batch::Retry("a"), _, Parked::Busy)
+        ));
         assert_eq!(lane.held(), 3);
     }
 

@@ -416,7 +416,13 @@ impl Worker {
             let idle = lane.is_idle(Instant::now());
             tokio::select! {
                 item = work.recv() => match item {
-                    Some(LaneInput::Work(item, bytes)) => lane.push(item, bytes, Instant::now()),
+                    Some(LaneInput::Work(item, bytes)) => {
+                        let events = match &item {
+                            Work::Retry(job) => job.record.events.len(),
+                            Work::Fresh(_) => 1,
+                        };
+                        lane.push_events(item, bytes, events, Instant::now());
+                    }
                     Some(LaneInput::Pause(pause)) => adopt(&mut lane, pause),
                     None => return,
                 },
@@ -706,9 +712,10 @@ impl Worker {
         let Some(record) = self.record_of(batch, webhook_id) else {
             return true;
         };
-        let mut all = true;
-        for event in &record.events {
-            let letter = DeadLetter {
+        let letters: Vec<DeadLetter> = record
+            .events
+            .iter()
+            .map(|event| DeadLetter {
                 site: record.site.clone(),
                 url: record.url.clone(),
                 reason,
@@ -718,8 +725,14 @@ impl Worker {
                 last_error: result.error.clone(),
                 failed_at: time::OffsetDateTime::now_utc(),
                 event: event.clone(),
-            };
-            if let Err(e) = dlq::write(&self.platform.jetstream, &letter).await {
+            })
+            .collect();
+        // Written side by side: a merged call's letters cost one round trip, not one each.
+        let js = &self.platform.jetstream;
+        let written = futures::future::join_all(letters.iter().map(|l| dlq::write(js, l))).await;
+        let mut all = true;
+        for result in written {
+            if let Err(e) = result {
                 tracing::error!(error = %format!("{e:#}"), "writing a dead letter failed; the call comes back");
                 all = false;
             }
