@@ -154,7 +154,8 @@ pub async fn measure(plan: Plan) -> Report {
         // what the allocator keeps cached for a while (10 s by default).
         (
             "_RJEM_MALLOC_CONF",
-            "dirty_decay_ms:0,muzzy_decay_ms:0".to_string(),
+            std::env::var("SPOOL_LEAK_MALLOC_CONF")
+                .unwrap_or_else(|_| "dirty_decay_ms:0,muzzy_decay_ms:0".to_string()),
         ),
         // Failing calls are retried twice, quickly, then dead-lettered: every path runs.
         ("SPOOL_RETRY_SCHEDULE", "100ms,200ms".to_string()),

@@ -26,26 +26,50 @@ async fn start_with(service: &str, env: &[(&str, &str)]) -> (std::process::ExitS
     .expect("the service exits at once")
     .expect("join")
     .expect("output");
-    (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 #[tokio::test]
 async fn bad_settings_stop_each_service_with_a_message_naming_them() {
-    let cases: [(&str, &[(&str, &str)], &str); 5] = [
-        ("spool-delivery", &[("SPOOL_HEARTBEAT", "0s")], "SPOOL_HEARTBEAT"),
-        ("spool-delivery", &[("SPOOL_REPLAY_WINDOW", "0")], "SPOOL_REPLAY_WINDOW"),
-        ("spool-ingest", &[("SPOOL_HEADER_TIMEOUT", "0s")], "SPOOL_HEADER_TIMEOUT"),
+    /// A service, the settings it is started with, and what its message must name.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 5] = [
+        (
+            "spool-delivery",
+            &[("SPOOL_HEARTBEAT", "0s")],
+            "SPOOL_HEARTBEAT",
+        ),
+        (
+            "spool-delivery",
+            &[("SPOOL_REPLAY_WINDOW", "0")],
+            "SPOOL_REPLAY_WINDOW",
+        ),
+        (
+            "spool-ingest",
+            &[("SPOOL_HEADER_TIMEOUT", "0s")],
+            "SPOOL_HEADER_TIMEOUT",
+        ),
         (
             "spool-revalidator",
             &[("SPOOL_TARGET_MAX_HELD", "10")],
             "SPOOL_TARGET_MAX_HELD (10) must be at least SPOOL_COALESCE_MAX (500)",
         ),
-        ("spool-revalidator", &[("SPOOL_ACK_WAIT", "0s")], "SPOOL_ACK_WAIT"),
+        (
+            "spool-revalidator",
+            &[("SPOOL_ACK_WAIT", "0s")],
+            "SPOOL_ACK_WAIT",
+        ),
     ];
     for (service, env, named) in cases {
         let (status, stderr) = start_with(service, env).await;
         assert!(!status.success(), "{service} {env:?} started");
-        assert!(stderr.contains("invalid configuration"), "{service} {env:?}: {stderr}");
+        assert!(
+            stderr.contains("invalid configuration"),
+            "{service} {env:?}: {stderr}"
+        );
         assert!(stderr.contains(named), "{service} {env:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{service} {env:?}: {stderr}");
     }

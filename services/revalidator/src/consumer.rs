@@ -14,6 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::worker::Worker;
 
+/// Most messages one pull asks for.
+const PULL_BATCH: usize = 200;
+/// Most bytes one pull asks for.
+const PULL_BATCH_BYTES: usize = 1024 * 1024;
+
 /// What the consumers are created with.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
@@ -123,7 +128,15 @@ async fn consume(
         .await
         .context("creating the durable consumer")?;
     tracing::info!(name = ?config.durable_name, "revalidation consumer ready");
-    let mut messages = consumer.messages().await.context("pulling messages")?;
+    // Pulled in batches bounded in bytes as well as in number: a batch of retry records
+    // (each up to a merged call's events) must not balloon the process's memory.
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(PULL_BATCH)
+        .max_bytes_per_batch(PULL_BATCH_BYTES)
+        .messages()
+        .await
+        .context("pulling messages")?;
     ready.store(true, Ordering::Release);
     while let Some(message) = messages.next().await {
         let message = message.context("pulling messages")?;

@@ -1,10 +1,13 @@
 //! Target pauses shared by every replica, through the `spool-revalidator-targets` bucket.
 //!
 //! A lane pauses its target after a failed call (see [`crate::lane`]); that pause lives in
-//! the replica that made the call. Written to the bucket (key `<site>.<target>`, value the
-//! pause's end and the consecutive failures), it reaches every other replica — and a
-//! replica started later, which loads the bucket before it consumes — so no replica calls
-//! a target before the time it asked for. A success deletes the key.
+//! the replica that made the call. A long one (30 s or more: a `Retry-After`, the later
+//! steps of the schedule), written to the bucket (key `<site>.<target>`, value the pause's
+//! end and the consecutive failures), reaches every other replica — and a replica started
+//! later, which loads the bucket before it consumes — so no replica calls the target before
+//! the time it asked for. A success deletes the key. Short pauses are not written: each
+//! write measurably grew the process's resident memory in the leak check (a cost not yet
+//! explained), and within a few seconds' pause another replica's one probe is harmless.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -48,12 +51,15 @@ pub fn now_ms() -> i64 {
 /// What a replica knows of the paused targets; `on_change` hears of every change.
 pub struct Pauses {
     known: Mutex<HashMap<String, Pause>>,
+    /// The bucket, once opened (by [`Pauses::follow`]).
+    store: Mutex<Option<kv::Store>>,
 }
 
 impl Pauses {
     pub fn new() -> Arc<Pauses> {
         Arc::new(Pauses {
             known: Mutex::default(),
+            store: Mutex::default(),
         })
     }
 
@@ -117,6 +123,7 @@ impl Pauses {
             .get_key_value(TARGETS_BUCKET)
             .await
             .context("opening the targets bucket")?;
+        *self.store.lock().unwrap_or_else(PoisonError::into_inner) = Some(store.clone());
         let status = store.status().await.context("bucket status")?;
         let last = status.info.state.last_sequence;
         let mut keys = store.keys().await.context("listing keys")?;
@@ -147,21 +154,30 @@ impl Pauses {
     }
 }
 
-/// Writes a target's pause (`None`: it answered again) for every replica. Best effort: a
-/// replica that misses it learns from its own first call.
-pub async fn publish(js: &jetstream::Context, key: &str, pause: Option<Pause>) {
-    let result = async {
-        let store = js.get_key_value(TARGETS_BUCKET).await?;
-        match pause {
-            Some(pause) => {
-                store.put(key, serde_json::to_vec(&pause)?.into()).await?;
+impl Pauses {
+    /// Writes a target's pause (`None`: it answered again) for every replica. Best effort:
+    /// a replica that misses it learns from its own first call.
+    pub async fn publish(&self, key: &str, pause: Option<Pause>) {
+        let store = self
+            .store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(store) = store else {
+            return;
+        };
+        let result = async {
+            match pause {
+                Some(pause) => {
+                    store.put(key, serde_json::to_vec(&pause)?.into()).await?;
+                }
+                None => store.delete(key).await?,
             }
-            None => store.delete(key).await?,
+            anyhow::Ok(())
+        };
+        if let Err(e) = result.await {
+            tracing::warn!(error = %format!("{e:#}"), key, "sharing a target's pause failed");
         }
-        anyhow::Ok(())
-    };
-    if let Err(e) = result.await {
-        tracing::warn!(error = %format!("{e:#}"), key, "sharing a target's pause failed");
     }
 }
 

@@ -65,6 +65,9 @@ pub const MAX_CALL_BYTES: usize = 512 * 1024;
 /// A lane with nothing to do for this long ends (a removed target's lane, among others).
 const LANE_IDLE: Duration = Duration::from_secs(30);
 
+/// Pauses at least this long are shared with every replica (`spool-revalidator-targets`).
+const SHARE_PAUSES_FROM: Duration = Duration::from_secs(30);
+
 /// How soon a message whose job could not be settled comes back.
 const SETTLE_RETRY: Duration = Duration::from_secs(1);
 
@@ -219,6 +222,9 @@ impl Worker {
             }
         };
         event.seq = seq;
+        // Revalidation needs the item's id and slug, never its other fields: held events,
+        // retry records and dead letters stay small (and carry no content).
+        event.item.extra = serde_json::Map::new();
         metrics::counter!("spool_revalidator_events_total").increment(1);
         let span = tracing::info_span!(
             "process",
@@ -254,7 +260,7 @@ impl Worker {
             .as_ref()
             .and_then(|h| h.get("traceparent"))
             .map(|v| v.to_string());
-        let bytes = message.payload.len();
+        let bytes = record_size(&event);
         let held = Held::new(message, targets.len(), self.keep_alive_every());
         let event = Arc::new(event);
         for target in targets {
@@ -391,7 +397,9 @@ impl Worker {
             let pause = pause.map(|p| (now + p.remaining(pauses::now_ms()), p.failures));
             lane.adopt(pause, now);
         };
-        if let Some(pause) = self.pauses.get(&shared_key) {
+        // The pause this lane last shared (or adopted).
+        let mut shared_last = self.pauses.get(&shared_key);
+        if let Some(pause) = shared_last {
             adopt(&mut lane, Some(pause));
         }
         let (done_tx, mut done) = mpsc::unbounded_channel::<(Ticket, CallReport)>();
@@ -423,7 +431,10 @@ impl Worker {
                         };
                         lane.push_events(item, bytes, events, Instant::now());
                     }
-                    Some(LaneInput::Pause(pause)) => adopt(&mut lane, pause),
+                    Some(LaneInput::Pause(pause)) => {
+                        shared_last = pause;
+                        adopt(&mut lane, pause);
+                    }
                     None => return,
                 },
                 Some((ticket, report)) = done.recv() => {
@@ -438,7 +449,6 @@ impl Worker {
                     };
                     let unit: f64 = rand::random();
                     let policy = &self.settings.policy;
-                    let failures_before = lane.failures();
                     let due = lane.finished(ticket, end, Instant::now(), |failures| {
                         policy.target_pause(failures, retry_after, unit)
                     });
@@ -448,15 +458,28 @@ impl Worker {
                             ?pause, "target paused");
                         let until_ms = pauses::now_ms()
                             .saturating_add(i64::try_from(pause.as_millis()).unwrap_or(i64::MAX));
-                        Some(Some(Pause { until_ms, failures: lane.failures() }))
-                    } else if failures_before > 0 {
-                        Some(None)
+                        Some(Pause { until_ms, failures: lane.failures() })
                     } else {
                         None
                     };
-                    if let Some(pause) = shared {
-                        let (js, shared_key) = (self.platform.jetstream.clone(), shared_key.clone());
-                        self.calls.spawn(async move { pauses::publish(&js, &shared_key, pause).await });
+                    // Shared when a long pause starts or grows by a minute or more, and when
+                    // a target whose pause was shared answers again: not on every failed
+                    // probe. A short pause (the first steps of the schedule) is not shared:
+                    // another replica may probe once within it, which costs the target one
+                    // call; a long one (Retry-After, hours of backoff) is always honoured.
+                    let long = |p: &Pause| p.remaining(pauses::now_ms()) >= SHARE_PAUSES_FROM;
+                    let worth_sharing = match (shared_last, shared) {
+                        (None, None) => false,
+                        (Some(_), None) => true,
+                        (None, Some(new)) => long(&new),
+                        (Some(last), Some(new)) => {
+                            long(&new) && new.until_ms >= last.until_ms + 60_000
+                        }
+                    };
+                    if worth_sharing {
+                        shared_last = shared;
+                        let (pauses, shared_key) = (self.pauses.clone(), shared_key.clone());
+                        self.calls.spawn(async move { pauses.publish(&shared_key, shared).await });
                     }
                     let worker = self.clone();
                     self.calls.spawn(async move { worker.settle(report, due).await });
@@ -747,6 +770,16 @@ impl Worker {
         let body = RevalidateBody::merge(&event.site, [event]);
         self.dispatcher.call(target, &id, &body, None, 0).await
     }
+}
+
+/// About what an event takes in a retry record (its JSON without the item's fields).
+fn record_size(event: &Event) -> usize {
+    let text = |list: &[String]| list.iter().map(|s| s.len() + 3).sum::<usize>();
+    256 + event.id.len()
+        + event.item.id.len()
+        + event.item.slug.as_ref().map_or(0, String::len)
+        + text(&event.paths)
+        + text(&event.tags)
 }
 
 async fn sleep_until(wake: Option<Instant>) {
