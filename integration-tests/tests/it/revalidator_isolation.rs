@@ -245,3 +245,83 @@ async fn a_targets_pause_holds_for_every_replica_and_for_one_started_later() {
     );
     assert!(retries_waiting(&js).await.unwrap_or(0) > 0);
 }
+
+#[tokio::test]
+async fn a_redelivered_duplicate_inside_one_merged_call_is_settled_with_it() {
+    use async_nats::jetstream::consumer::{pull, AckPolicy};
+    use spool_platform::shutdown::CancellationToken;
+    use spool_platform::Platform;
+    use spool_revalidator::dispatch::Dispatcher;
+    use spool_revalidator::worker::{Settings, Worker};
+
+    let nats = NatsServer::start().await;
+    let ingest = TestService::start(ingest_config(&nats.url())).await;
+    let target = TestReceiver::start([]).await;
+    let mut site = site_json("acme");
+    site["revalidate"] = serde_json::json!([target.target(None)]);
+    ingest.put_site(&site).await;
+    let (status, body) = Webhook::published("msg_1", "blog", "1")
+        .send(&ingest.http, &ingest.base_url, "acme")
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let seq = body["seq"].as_u64().unwrap();
+
+    // The same event, delivered twice by a consumer of our own: once, then again after its
+    // ack wait — the two deliveries a worker can hold when JetStream redelivers.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let stream = js.get_stream("SPOOL_EVENTS").await.unwrap();
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("dup".into()),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let next = || async {
+        let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
+        batch.next().await.expect("a message").unwrap()
+    };
+    let first = next().await;
+    let second = eventually("the redelivery", T, || async {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .ok()?;
+        batch.next().await?.ok()
+    })
+    .await;
+    assert_eq!(second.info().unwrap().stream_sequence, seq);
+
+    // Both handed to one worker inside its coalescing window: one call, both settled.
+    let mut config = revalidator_config(&nats.url());
+    config.coalesce_window = Duration::from_millis(500);
+    let platform = Platform::start(config.common.clone(), "test", CancellationToken::new())
+        .await
+        .unwrap();
+    eventually("the registry", T, || async {
+        platform.registry.get("acme").map(|_| ())
+    })
+    .await;
+    let worker = Worker::new(
+        platform,
+        Dispatcher::new(config.call_timeout).unwrap(),
+        Settings::from_config(&config),
+    );
+    worker.handle_event(first).await;
+    worker.handle_event(second).await;
+    let calls = target.wait_calls(1, T).await;
+    assert_eq!(calls[0].seqs(), [seq], "the event once in the call");
+    eventually("both deliveries settled", T, || async {
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+            stream.get_consumer("dup").await.ok()?;
+        let info = consumer.info().await.ok()?;
+        (info.num_ack_pending == 0 && info.num_pending == 0).then_some(())
+    })
+    .await;
+    assert_eq!(target.calls().len(), 1);
+}
