@@ -385,3 +385,24 @@ async fn the_revalidator_router_serves_every_route() {
     let wrong_method = ("DELETE", "/v1/admin/dlq");
     assert_serves_every_route("spool-revalidator", build, ROUTES, wrong_method).await;
 }
+
+#[test]
+fn every_readiness_reason_is_documented_in_the_readme_and_the_openapi() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let openapi = std::fs::read_to_string(root.join("proto/openapi.yaml")).expect("openapi");
+    let reasons = spool_platform::health::Readiness::REASONS
+        .into_iter()
+        .chain([
+            spool_delivery::NOT_READY_FEED,
+            spool_revalidator::NOT_READY_CONSUMER,
+        ]);
+    for reason in reasons {
+        let quoted = format!("`{reason}`");
+        assert!(readme.contains(&quoted), "README.md does not name {quoted}");
+        assert!(
+            openapi.contains(&quoted),
+            "openapi.yaml does not name {quoted}"
+        );
+    }
+}

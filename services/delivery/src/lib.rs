@@ -26,6 +26,9 @@ use tokio::net::TcpListener;
 
 pub use config::DeliveryConfig;
 
+/// `/readyz`'s reason while the live feed has not filled the window from the stream.
+pub const NOT_READY_FEED: &str = "feed_not_started";
+
 /// Events buffered per site for its slowest live reader before that reader must catch up
 /// from the window instead.
 const SITE_CHANNEL_CAPACITY: usize = 1024;
@@ -63,7 +66,7 @@ impl Application {
         let ready_hub = hub.clone();
         platform
             .readiness
-            .add_check("feed_not_started", move || ready_hub.is_ready());
+            .add_check(NOT_READY_FEED, move || ready_hub.is_ready());
         tokio::spawn(hub::run_feed(
             platform.jetstream.clone(),
             platform.disconnects.clone(),

@@ -53,17 +53,25 @@ impl Readiness {
         self.client.connection_state() == State::Connected
     }
 
+    /// The reasons every service's `/readyz` may give (services add their own with
+    /// [`Readiness::add_check`]).
+    pub const REASONS: [&'static str; 3] = [
+        "nats_disconnected",
+        "streams_not_provisioned",
+        "registry_not_loaded",
+    ];
+
     /// `Ok` when ready, else the list of what is not.
     pub fn check(&self) -> Result<(), Vec<&'static str>> {
         let mut missing = Vec::new();
         if !self.nats_connected() {
-            missing.push("nats_disconnected");
+            missing.push(Self::REASONS[0]);
         }
         if !self.provisioned.load(Ordering::Acquire) {
-            missing.push("streams_not_provisioned");
+            missing.push(Self::REASONS[1]);
         }
         if !self.registry_synced.load(Ordering::Acquire) {
-            missing.push("registry_not_loaded");
+            missing.push(Self::REASONS[2]);
         }
         let extra = self.extra.read().unwrap_or_else(PoisonError::into_inner);
         missing.extend(

@@ -25,6 +25,9 @@ use tokio::net::TcpListener;
 
 pub use config::RevalidatorConfig;
 
+/// `/readyz`'s reason until the target pauses are loaded and both consumers pull.
+pub const NOT_READY_CONSUMER: &str = "consumer_not_ready";
+
 /// A built revalidator: listening, but not serving until [`Application::run`].
 pub struct Application {
     listener: TcpListener,
@@ -98,7 +101,7 @@ impl Application {
                 futures::future::join_all(consumers).await;
             }
         });
-        platform.readiness.add_check("consumer_not_ready", move || {
+        platform.readiness.add_check(NOT_READY_CONSUMER, move || {
             feeds.iter().all(|ready| ready.load(Ordering::Acquire))
         });
         tokio::spawn(consumer::report_pending(
