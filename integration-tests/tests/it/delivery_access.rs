@@ -159,13 +159,22 @@ async fn a_query_token_works_like_the_header() {
     let seq = sys.publish("m1", "blog").await;
     let query = format!("?since=0&token={ACME_TOKEN}");
 
-    let a = send(get(&sys.delivery, "acme", POLL, &query, None, &[])).await;
+    // Long-polls: the delivery's feed may be a moment behind the ingest's 202.
+    let a = send(get(
+        &sys.delivery,
+        "acme",
+        POLL,
+        &format!("{query}&wait=10"),
+        None,
+        &[],
+    ))
+    .await;
     assert_eq!(a.status, 200, "{}", a.body);
     let b = send(get(
         &sys.delivery,
         "acme",
         POLL,
-        "?since=0",
+        "?since=0&wait=10",
         Some(ACME_TOKEN),
         &[],
     ))
