@@ -645,3 +645,63 @@ async fn the_bearer_scheme_is_case_insensitive() {
         }
     }
 }
+
+/// Open streams are judged again whenever a site changes: a rotated-out token, a site made
+/// private or deleted ends them at once; a change that leaves their access alone doesn't.
+#[tokio::test]
+async fn access_changes_end_the_open_streams_they_concern() {
+    let sys = System::start().await;
+    let mut open = site_json("open");
+    open["public"] = true.into();
+    sys.ingest.put_site(&open).await;
+    wait_for_site(&sys.delivery, "open", None).await;
+    let stream = |site: &str, token: Option<&str>| {
+        SseClient::connect(get(&sys.delivery, site, STREAM, "", token, &[]), None)
+    };
+    let mut old_token = stream("acme", Some(ACME_TOKEN)).await;
+    let mut anonymous = stream("open", None).await;
+    assert_eq!(old_token.status, 200);
+    assert_eq!(anonymous.status, 200);
+    assert_eq!(old_token.next_event(T).await.unwrap().event, "ready");
+    assert_eq!(anonymous.next_event(T).await.unwrap().event, "ready");
+
+    // Another site changes: acme's stream is untouched and gets its next event.
+    let mut other = site_json("other");
+    other["public"] = true.into();
+    sys.ingest.put_site(&other).await;
+    let seq = sys.publish("m1", "blog").await;
+    assert_eq!(old_token.next_message(T).await.unwrap().id, seq);
+
+    // acme's token rotates: the stream opened with the old one ends.
+    let mut rotated = site_json("acme");
+    rotated["read_tokens"] = serde_json::json!(["rk_test_acme_rotated_0123456789"]);
+    sys.ingest.put_site(&rotated).await;
+    assert!(
+        old_token.next_event(T).await.is_none(),
+        "the old token's stream went on"
+    );
+
+    // The public site goes private: its anonymous stream ends.
+    open["public"] = false.into();
+    sys.ingest.put_site(&open).await;
+    assert!(
+        anonymous.next_event(T).await.is_none(),
+        "the anonymous stream went on"
+    );
+
+    // A reader with a current token is ended when its site is deleted.
+    let mut current = stream("acme", Some("rk_test_acme_rotated_0123456789")).await;
+    assert_eq!(current.status, 200);
+    assert_eq!(current.next_event(T).await.unwrap().event, "ready");
+    let r = sys
+        .ingest
+        .admin(Method::DELETE, "/v1/admin/sites/acme")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert!(
+        current.next_event(T).await.is_none(),
+        "a deleted site's stream went on"
+    );
+}

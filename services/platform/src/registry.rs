@@ -21,9 +21,20 @@ struct Slot {
     site: Option<Arc<Site>>,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct SiteRegistry {
     sites: Arc<RwLock<HashMap<String, Slot>>>,
+    /// Bumped on every change of any site (see [`SiteRegistry::changes`]).
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for SiteRegistry {
+    fn default() -> Self {
+        SiteRegistry {
+            sites: Arc::default(),
+            changed: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +50,12 @@ impl SiteRegistry {
     pub fn get(&self, id: &str) -> Option<Arc<Site>> {
         let sites = self.sites.read().unwrap_or_else(PoisonError::into_inner);
         sites.get(id).and_then(|slot| slot.site.clone())
+    }
+
+    /// Wakes on every change of any site: what holds access granted under an older
+    /// version of a site (an open stream) checks it again.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// Every current site, ordered by id.
@@ -76,6 +93,8 @@ impl SiteRegistry {
                 "site registry updated"
             );
             sites.insert(key.to_owned(), Slot { revision, site });
+            drop(sites);
+            self.changed.send_modify(|n| *n += 1);
         }
     }
 
@@ -149,13 +168,19 @@ impl SiteRegistry {
     /// After a full reload: sites no longer in the bucket are gone.
     fn forget_missing(&self, present: &[String], revision: u64) {
         let mut sites = self.sites.write().unwrap_or_else(PoisonError::into_inner);
+        let mut forgot = false;
         for (key, slot) in sites.iter_mut() {
             if slot.site.is_some() && !present.contains(key) && slot.revision <= revision {
                 *slot = Slot {
                     revision,
                     site: None,
                 };
+                forgot = true;
             }
+        }
+        drop(sites);
+        if forgot {
+            self.changed.send_modify(|n| *n += 1);
         }
     }
 

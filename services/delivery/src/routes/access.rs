@@ -41,6 +41,40 @@ pub fn authorize(site: &Site, headers: &HeaderMap, params: &Params) -> Result<()
     }
 }
 
+/// Resolves once the reader of `site` with `token` may no longer read it — the site was
+/// deleted, made private, or the token rotated out — so an open stream ends at once (its
+/// client reconnects and is judged by the new rules). Never resolves otherwise.
+pub fn revoked(
+    state: &AppState,
+    site: SiteId,
+    token: Option<String>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let registry = state.platform.registry.clone();
+    let mut changes = registry.changes();
+    async move {
+        loop {
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            let still = registry.get(site.as_str()).is_some_and(|site| {
+                site.public
+                    || token
+                        .as_deref()
+                        .is_some_and(|token| site.accepts_read_token(token))
+            });
+            if !still {
+                metrics::counter!("spool_delivery_streams_revoked_total").increment(1);
+                return;
+            }
+        }
+    }
+}
+
+/// The read token a request presented (`Authorization: Bearer`, else `?token=`).
+pub fn presented_token(headers: &HeaderMap, params: &Params) -> Option<String> {
+    bearer_token(headers).or(params.token()).map(str::to_owned)
+}
+
 /// The `Access-Control-Allow-Origin` value for this request, if its `Origin` is allowed.
 pub fn allowed_origin(site: &Site, headers: &HeaderMap) -> Option<HeaderValue> {
     let origin = headers.get(header::ORIGIN)?;

@@ -73,7 +73,12 @@ pub async fn stream(
         Ok(start) => start,
         Err(e) => return refuse(&state, e, origin),
     };
-    let session = Session::start(&state, filter, cursor);
+    let revoked = Box::pin(access::revoked(
+        &state,
+        site.id.clone(),
+        access::presented_token(&headers, &params),
+    ));
+    let session = Session::start(&state, filter, cursor, revoked);
     with_cors(sse_response(Body::from_stream(session)), origin)
 }
 
@@ -129,6 +134,9 @@ struct Session {
     queued: VecDeque<Bytes>,
     fetching: Option<Fetch>,
     heartbeat: Interval,
+    /// Resolves once this reader may no longer read the site (token rotated, site private
+    /// or deleted): the stream ends at once.
+    revoked: Pin<Box<dyn Future<Output = ()> + Send>>,
     delivered: metrics::Counter,
     _open: OpenConnection,
 }
@@ -136,7 +144,12 @@ struct Session {
 impl Session {
     /// Subscribes first, so the catch-up and the live events meet with no gap: whatever the
     /// catch-up also returns, the live side skips by sequence.
-    fn start(state: &AppState, filter: Filter, cursor: Option<u64>) -> Session {
+    fn start(
+        state: &AppState,
+        filter: Filter,
+        cursor: Option<u64>,
+        revoked: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ) -> Session {
         let settings = &state.settings;
         let live = state.hub.subscribe(&filter.site);
         let mut heartbeat = tokio::time::interval_at(
@@ -153,6 +166,7 @@ impl Session {
             queued: VecDeque::from([frames::ready(millis(settings.retry), live.last_seq)]),
             fetching: None,
             heartbeat,
+            revoked,
             delivered: metrics::counter!("spool_delivery_events_delivered_total", "kind" => "sse"),
             _open: OpenConnection::new("sse"),
         };
@@ -295,6 +309,10 @@ impl Stream for Session {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if this.revoked.as_mut().poll(cx).is_ready() {
+            tracing::info!(site = %this.filter.site, "access revoked; SSE stream ended");
+            return Poll::Ready(None);
+        }
         loop {
             if let Some(chunk) = take_chunk(&mut this.queued) {
                 return Poll::Ready(Some(Ok(chunk)));
