@@ -47,15 +47,9 @@ impl Report {
 async fn publish(http: &reqwest::Client, ingest: &str, site: &str, ids: Vec<String>) -> Vec<u64> {
     futures::stream::iter(ids)
         .map(|id| async move {
-            let hook = Webhook::published(&id, "blog", &id);
-            for _ in 0..50 {
-                let (status, body) = hook.send(http, ingest, site).await;
-                if status == 202 || status == 200 {
-                    return body["seq"].as_u64().unwrap_or(0);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            panic!("webhook {id} to {site} was not stored after 50 tries");
+            Webhook::published(&id, "blog", &id)
+                .send_until_stored(http, ingest, site)
+                .await
         })
         .buffer_unordered(32)
         .collect()

@@ -154,8 +154,7 @@ pub async fn measure(plan: Plan) -> Report {
         // what the allocator keeps cached for a while (10 s by default).
         (
             "_RJEM_MALLOC_CONF",
-            std::env::var("SPOOL_LEAK_MALLOC_CONF")
-                .unwrap_or_else(|_| "dirty_decay_ms:0,muzzy_decay_ms:0".to_string()),
+            "dirty_decay_ms:0,muzzy_decay_ms:0".to_string(),
         ),
         // Failing calls are retried twice, quickly, then dead-lettered: every path runs.
         ("SPOOL_RETRY_SCHEDULE", "100ms,200ms".to_string()),
@@ -206,7 +205,7 @@ pub async fn measure(plan: Plan) -> Report {
                     let Some((hook, site)) = hooks.get(i) else {
                         return acme_max;
                     };
-                    let seq = send_until_stored(&http, &ingest, hook, site).await;
+                    let seq = hook.send_until_stored(&http, &ingest, site).await;
                     if *site == "acme" {
                         acme_max = acme_max.max(seq);
                     }
@@ -249,18 +248,6 @@ async fn retries_waiting(nats_url: &str) -> u64 {
         return 0;
     };
     stream.info().await.map_or(0, |info| info.state.messages)
-}
-
-/// Sends a webhook until it is stored (a CMS retries a 503 with the same id); its seq.
-async fn send_until_stored(http: &reqwest::Client, base: &str, hook: &Webhook, site: &str) -> u64 {
-    for _ in 0..50 {
-        let (status, body) = hook.send(http, base, site).await;
-        if status == 202 || status == 200 {
-            return body["seq"].as_u64().unwrap_or(0);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("webhook {} was not stored after 50 tries", hook.id);
 }
 
 #[cfg(test)]

@@ -71,3 +71,27 @@ impl Webhook {
         (status, json)
     }
 }
+
+impl Webhook {
+    /// Sends until the ingest stores it — a 503 is retried with the same id after a short
+    /// pause, as a CMS does — and returns its seq. Panics after 50 tries.
+    pub async fn send_until_stored(
+        &self,
+        http: &reqwest::Client,
+        base_url: &str,
+        site: &str,
+    ) -> u64 {
+        for _ in 0..50 {
+            let (status, body) = self.send(http, base_url, site).await;
+            if status == 202 || status == 200 {
+                return body["seq"].as_u64().unwrap_or(0);
+            }
+            // The CMS's retry delay: the behaviour this stands in for, not a readiness wait.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!(
+            "webhook {} to {site} was not stored after 50 tries",
+            self.id
+        );
+    }
+}

@@ -20,10 +20,7 @@ async fn rss_of_every_service_stays_flat_under_steady_events() {
         per_round: measured_events() / rounds,
         rounds,
         concurrency: 16,
-        failing_every: std::env::var("SPOOL_LEAK_FAILING_EVERY")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(20),
+        failing_every: 20,
     };
     let report = measure(plan).await;
     eprintln!("{}", report.table());

@@ -88,6 +88,39 @@ impl Disconnects {
     }
 }
 
+/// Runs `attempt` until `shutdown`, starting it again whenever it ends (it should run for
+/// ever: an end is a failure) or the connection drops, after a pause doubling from 100 ms
+/// to at most 2 s. `after` runs after every end (to say "not ready", say). For the
+/// long-lived NATS work of a service: a watch, a consumer.
+pub async fn keep_running<F, Fut>(
+    what: &str,
+    disconnects: &Disconnects,
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut attempt: F,
+    mut after: impl FnMut(),
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let result = tokio::select! {
+            r = attempt() => r,
+            _ = disconnects.next() => Err(anyhow::anyhow!("NATS disconnected")),
+            _ = shutdown.cancelled() => return,
+        };
+        after();
+        if let Err(e) = result {
+            tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "{what} interrupted; starting over");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
 /// 0 ms, then doubling from 50 ms to at most 2 s.
 pub fn reconnect_delay(attempts: usize) -> Duration {
     if attempts <= 1 {

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::kv;
@@ -108,23 +107,14 @@ impl SiteRegistry {
         shutdown: CancellationToken,
         on_synced: impl Fn(bool),
     ) {
-        let mut backoff = Duration::from_millis(100);
-        while !shutdown.is_cancelled() {
-            let result = tokio::select! {
-                r = self.sync_and_watch(&store, &on_synced) => r,
-                _ = disconnects.next() => Err(anyhow::anyhow!("NATS disconnected")),
-                _ = shutdown.cancelled() => return,
-            };
-            on_synced(false);
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "site registry watch failed; reloading");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = shutdown.cancelled() => return,
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
+        crate::nats::keep_running(
+            "site registry watch",
+            disconnects,
+            &shutdown,
+            || self.sync_and_watch(&store, &on_synced),
+            || on_synced(false),
+        )
+        .await;
     }
 
     async fn sync_and_watch(

@@ -91,23 +91,14 @@ pub async fn run(
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
-    while !shutdown.is_cancelled() {
-        let result = tokio::select! {
-            r = consume(&js, &settings, feed, &worker, &ready) => r,
-            _ = disconnects.next() => Err(anyhow::anyhow!("NATS disconnected")),
-            _ = shutdown.cancelled() => return,
-        };
-        ready.store(false, Ordering::Release);
-        if let Err(e) = result {
-            tracing::warn!(error = %format!("{e:#}"), ?feed, retry_in = ?backoff, "revalidation consumer interrupted");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.cancelled() => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
+    spool_platform::nats::keep_running(
+        "revalidation consumer",
+        &disconnects,
+        &shutdown,
+        || consume(&js, &settings, feed, &worker, &ready),
+        || ready.store(false, Ordering::Release),
+    )
+    .await;
 }
 
 async fn consume(

@@ -94,23 +94,14 @@ impl Pauses {
         synced: impl Fn(bool),
         on_change: impl Fn(&str, Option<Pause>),
     ) {
-        let mut backoff = Duration::from_millis(100);
-        while !shutdown.is_cancelled() {
-            let result = tokio::select! {
-                r = self.sync_and_watch(&js, &synced, &on_change) => r,
-                _ = disconnects.next() => Err(anyhow::anyhow!("NATS disconnected")),
-                _ = shutdown.cancelled() => return,
-            };
-            synced(false);
-            if let Err(e) = result {
-                tracing::warn!(error = %format!("{e:#}"), "target pauses watch failed; reloading");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = shutdown.cancelled() => return,
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
+        spool_platform::nats::keep_running(
+            "target pauses watch",
+            &disconnects,
+            &shutdown,
+            || self.sync_and_watch(&js, &synced, &on_change),
+            || synced(false),
+        )
+        .await;
     }
 
     async fn sync_and_watch(

@@ -501,10 +501,7 @@ impl Worker {
         let (events, target, webhook_id, attempt, parent, links, fallback_traceparent) =
             match &batch {
                 Batch::Fresh(jobs) => {
-                    let mut events: Vec<Arc<Event>> =
-                        jobs.iter().map(|j| j.event.clone()).collect();
-                    events.sort_by_key(|e| e.seq);
-                    events.dedup_by_key(|e| e.seq);
+                    let events = distinct_events(jobs);
                     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
                     // The newest job carries the target as currently configured.
                     let target = jobs.last().map(|j| j.target.clone());
@@ -646,10 +643,8 @@ impl Worker {
         let webhook_id = match &batch {
             Batch::Retry(job) => job.record.webhook_id.clone(),
             Batch::Fresh(jobs) => {
-                let mut seqs: Vec<u64> = jobs.iter().map(|j| j.event.seq).collect();
-                seqs.sort_unstable();
-                seqs.dedup();
                 let Some(first) = jobs.first() else { return };
+                let seqs: Vec<u64> = distinct_events(jobs).iter().map(|e| e.seq).collect();
                 call_id(&first.event.site, &first.target.url, &seqs)
             }
         };
@@ -707,9 +702,10 @@ impl Worker {
             Batch::Fresh(jobs) => jobs,
         };
         let first = jobs.first()?;
-        let mut events: Vec<Event> = jobs.iter().map(|j| (*j.event).clone()).collect();
-        events.sort_by_key(|e| e.seq);
-        events.dedup_by_key(|e| e.seq);
+        let events: Vec<Event> = distinct_events(jobs)
+            .iter()
+            .map(|e| Event::clone(e))
+            .collect();
         Some(RetryRecord {
             site: first.event.site.clone(),
             url: first.target.url.clone(),
@@ -770,6 +766,15 @@ impl Worker {
         let body = RevalidateBody::merge(&event.site, [event]);
         self.dispatcher.call(target, &id, &body, None, 0).await
     }
+}
+
+/// A fresh batch's events in seq order, each once: a redelivered duplicate of an event
+/// rides in the same call as the first delivery (each job is still settled).
+fn distinct_events(jobs: &[FreshJob]) -> Vec<Arc<Event>> {
+    let mut events: Vec<Arc<Event>> = jobs.iter().map(|j| j.event.clone()).collect();
+    events.sort_by_key(|e| e.seq);
+    events.dedup_by_key(|e| e.seq);
+    events
 }
 
 /// About what an event takes in a retry record (its JSON without the item's fields).
