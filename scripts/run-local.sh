@@ -42,7 +42,11 @@ SPOOL_LISTEN="127.0.0.1:${INGEST_PORT}" "$BIN/spool-ingest" > .run/logs/ingest.l
 pids+=($!)
 SPOOL_LISTEN="127.0.0.1:${DELIVERY_PORT}" "$BIN/spool-delivery" > .run/logs/delivery.log 2>&1 &
 pids+=($!)
-SPOOL_LISTEN="127.0.0.1:${REVALIDATOR_PORT}" "$BIN/spool-revalidator" > .run/logs/revalidator.log 2>&1 &
+# The demo site's target is local: loopback must be allowed (only public addresses are by
+# default).
+SPOOL_LISTEN="127.0.0.1:${REVALIDATOR_PORT}" \
+  SPOOL_ALLOWED_TARGET_NETWORKS="${SPOOL_ALLOWED_TARGET_NETWORKS:-127.0.0.0/8,::1/128}" \
+  "$BIN/spool-revalidator" > .run/logs/revalidator.log 2>&1 &
 pids+=($!)
 # The demo site's revalidation target prints what it is asked to revalidate, right here.
 python3 scripts/revalidate-target.py --port "$TARGET_PORT" &

@@ -13,7 +13,10 @@
 //!   `--quick`), as growth per 100k events; `--memory` runs only that and prints it;
 //! - isolation: revalidation latency of healthy sites alone, then beside failing sites
 //!   with backlogs (20 sites × 1,200 events; 4 × 500 with `--quick`); `--isolation` runs
-//!   only that and prints it.
+//!   only that and prints it;
+//! - history flood: live latency of 1,000 streams (200 with `--quick`) alone, then while
+//!   64 clients read a site's history from JetStream back to back on the same delivery;
+//!   `--flood` runs only that and prints it.
 
 mod baseline;
 mod report;
@@ -58,6 +61,10 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", isolation_row(quick).await);
         return Ok(());
     }
+    if args.iter().any(|a| a == "--flood") {
+        println!("{}", flood_row(quick).await);
+        return Ok(());
+    }
     let plan = if quick {
         scenarios::Plan::quick()
     } else {
@@ -88,9 +95,11 @@ async fn main() -> anyhow::Result<()> {
     let written = report::write(&out, &plan, runs, &results)?;
     let memory = memory_row(quick).await;
     let isolation = isolation_row(quick).await;
+    let flood = flood_row(quick).await;
     let mut markdown = std::fs::read_to_string(&written.markdown)?;
     markdown.push_str(&memory);
     markdown.push_str(&isolation);
+    markdown.push_str(&flood);
     std::fs::write(&written.markdown, markdown)?;
     println!("{}", std::fs::read_to_string(&written.markdown)?);
     println!(
@@ -144,6 +153,36 @@ async fn isolation_row(quick: bool) -> String {
     }
     format!(
         "\n## Revalidation isolation\n\nHealthy sites' revalidation latency (webhook accepted → call received, {samples} events one at a time, default settings: 100 ms coalescing window), alone and beside failing sites (targets answering 503, or 429 with `Retry-After: 3600`, alternately), each given a backlog first:\n\n| failing sites | backlog each | p50 (ms) | p99 (ms) | max (ms) |\n|---:|---:|---:|---:|---:|\n{rows}"
+    )
+}
+
+/// The history-flood row: live latency alone, then while history reads flood the delivery.
+async fn flood_row(quick: bool) -> String {
+    use spool_integration_tests::flood::{measure, Plan};
+    let (streams, samples) = if quick { (200, 40) } else { (1000, 100) };
+    let mut rows = String::new();
+    for flood in [0, 64] {
+        let report = measure(Plan {
+            streams,
+            flood,
+            history: 3000,
+            window: 1000,
+            samples,
+        })
+        .await;
+        let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
+        rows.push_str(&format!(
+            "| {streams} | {flood} | {:.0} | {:.0} | {} | {} | {} | {} |\n",
+            report.served_per_s,
+            report.refused_per_s,
+            ms(report.percentile(0.5)),
+            ms(report.percentile(0.99)),
+            ms(report.percentile(1.0)),
+            report.missed,
+        ));
+    }
+    format!(
+        "\n## Live latency under a history-read flood\n\nWebhook accepted → each of the streams of one site ({samples} events, 50 ms apart), alone and while clients read another site's 3,000 events from JetStream (`since=1&limit=1000`, older than the 1,000-event window) back to back on the same delivery, default history-read caps (32 per process, 4 per site; the rest answered 429):\n\n| streams | history readers | reads served/s | reads refused/s | p50 (ms) | p99 (ms) | max (ms) | missed |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n{rows}"
     )
 }
 

@@ -14,7 +14,7 @@ use spool_integration_tests::nats_server::NatsServer;
 use spool_integration_tests::process::{self, ServiceProcess};
 use spool_integration_tests::receiver::TestReceiver;
 use spool_integration_tests::webhook::Webhook;
-use spool_integration_tests::{site_json, write_sites_file};
+use spool_integration_tests::{site_json, write_sites_file, LOOPBACK_TARGET_NETWORKS};
 
 use crate::sse_load::{Options, Streams};
 
@@ -147,6 +147,9 @@ impl System {
         let mut site = site_json(SITE);
         site["public"] = true.into();
         let sites = write_sites_file(dir.path(), &[site]);
+        // `ServiceProcess::start` also lifts the limits per client address and per site
+        // (`process::TEST_LIMITS`): the whole load, 10,000 streams and the webhooks at full
+        // speed, comes from 127.0.0.1.
         let env = vec![
             ("NATS_URL", nats.url()),
             ("SPOOL_SITES_FILE", sites.display().to_string()),
@@ -857,6 +860,11 @@ async fn revalidator(system: &System, events: usize) -> anyhow::Result<(f64, usi
         ("NATS_URL", nats.url()),
         ("SPOOL_SITES_FILE", sites.display().to_string()),
         ("RUST_LOG", "warn".to_string()),
+        // The target listens on loopback.
+        (
+            "SPOOL_ALLOWED_TARGET_NETWORKS",
+            LOOPBACK_TARGET_NETWORKS.to_string(),
+        ),
     ];
     let ingest = ServiceProcess::start("spool-ingest", &env).await;
     let _revalidator = ServiceProcess::start("spool-revalidator", &env).await;

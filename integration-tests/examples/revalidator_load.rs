@@ -11,7 +11,7 @@ use spool_integration_tests::nats_server::NatsServer;
 use spool_integration_tests::process::ServiceProcess;
 use spool_integration_tests::receiver::TestReceiver;
 use spool_integration_tests::webhook::Webhook;
-use spool_integration_tests::{cli_arg, site_json, write_sites_file};
+use spool_integration_tests::{cli_arg, site_json, write_sites_file, LOOPBACK_TARGET_NETWORKS};
 
 /// Publishes `count` webhooks with 32 concurrent senders; returns their seqs.
 async fn publish(ingest: &str, prefix: &str, count: usize) -> Vec<u64> {
@@ -58,6 +58,11 @@ async fn run(label: &str, events: usize, extra_env: &[(&str, String)]) {
         ("NATS_URL", nats.url()),
         ("SPOOL_SITES_FILE", sites.display().to_string()),
         ("RUST_LOG", "warn".to_string()),
+        // The target listens on loopback.
+        (
+            "SPOOL_ALLOWED_TARGET_NETWORKS",
+            LOOPBACK_TARGET_NETWORKS.to_string(),
+        ),
     ];
     env.extend(extra_env.iter().cloned());
     let ingest = ServiceProcess::start("spool-ingest", &env).await;

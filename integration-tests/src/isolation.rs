@@ -13,7 +13,7 @@ use crate::nats_server::NatsServer;
 use crate::process::ServiceProcess;
 use crate::receiver::{Reply, TestReceiver};
 use crate::webhook::Webhook;
-use crate::{site_json, write_sites_file};
+use crate::{site_json, write_sites_file, LOOPBACK_TARGET_NETWORKS};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
@@ -85,6 +85,10 @@ pub async fn measure(plan: Plan) -> Report {
         ("NATS_URL", nats.url()),
         ("SPOOL_SITES_FILE", file.display().to_string()),
         ("RUST_LOG", "warn".to_string()),
+        (
+            "SPOOL_ALLOWED_TARGET_NETWORKS",
+            LOOPBACK_TARGET_NETWORKS.to_string(),
+        ),
     ];
     let revalidator = ServiceProcess::start("spool-revalidator", &env).await;
     let ingest = ServiceProcess::start("spool-ingest", &env).await;

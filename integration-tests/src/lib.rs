@@ -3,6 +3,7 @@
 //! No fixed ports and no sleeps for readiness: everything waits on a condition with a
 //! deadline ([`eventually`]).
 
+pub mod flood;
 pub mod isolation;
 pub mod memory;
 pub mod nats_server;
@@ -78,6 +79,10 @@ pub async fn eventually_metric(
 pub const TEST_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// The admin token the test services are started with.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
+/// `SPOOL_ALLOWED_TARGET_NETWORKS` of every revalidator the tests and benchmarks start:
+/// their revalidation targets listen on loopback, which the revalidator refuses unless
+/// allowed.
+pub const LOOPBACK_TARGET_NETWORKS: &str = "127.0.0.0/8,::1/128";
 
 /// A valid site JSON with the contract's example collection mapping.
 pub fn site_json(id: &str) -> serde_json::Value {

@@ -17,7 +17,7 @@ use crate::nats_server::NatsServer;
 use crate::process::ServiceProcess;
 use crate::receiver::{Reply, TestReceiver};
 use crate::webhook::Webhook;
-use crate::{eventually, site_json, write_sites_file};
+use crate::{eventually, site_json, write_sites_file, LOOPBACK_TARGET_NETWORKS};
 
 /// The services measured, in report order.
 pub const SERVICES: [&str; 3] = ["spool-ingest", "spool-delivery", "spool-revalidator"];
@@ -158,6 +158,11 @@ pub async fn measure(plan: Plan) -> Report {
         ),
         // Failing calls are retried twice, quickly, then dead-lettered: every path runs.
         ("SPOOL_RETRY_SCHEDULE", "100ms,200ms".to_string()),
+        // The targets listen on loopback.
+        (
+            "SPOOL_ALLOWED_TARGET_NETWORKS",
+            LOOPBACK_TARGET_NETWORKS.to_string(),
+        ),
         // The delivery's window is full after the warm-up (a full window stays its size:
         // SPOOL_REPLAY_WINDOW bounds it), so what grows after that is kept per event.
         (

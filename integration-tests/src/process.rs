@@ -138,15 +138,28 @@ pub struct ServiceProcess {
     pub base_url: String,
 }
 
+/// The limits per client address and per site, out of the way for the processes of the
+/// tests and the benchmark: all their load comes from 127.0.0.1 (the benchmark opens
+/// 10,000 streams and sends webhooks as fast as the ingest takes them). A test's own `env`
+/// overrides them. (Variables a service does not read are ignored.)
+pub const TEST_LIMITS: [(&str, &str); 5] = [
+    ("SPOOL_MAX_CONNECTIONS_PER_IP", "1000000"),
+    ("SPOOL_REQUESTS_PER_IP_RATE", "1000000000"),
+    ("SPOOL_REQUESTS_PER_IP_BURST", "1000000000"),
+    ("SPOOL_WEBHOOK_RATE", "1000000000"),
+    ("SPOOL_WEBHOOK_BURST", "1000000000"),
+];
+
 impl ServiceProcess {
     /// Starts `name` (e.g. `spool-delivery`) with `env` and waits until `/readyz` is 200.
-    /// JSON logs at `info` unless `env` says otherwise (`RUST_LOG`, `SPOOL_LOG_FORMAT`); they
-    /// are not kept.
+    /// JSON logs at `info` and [`TEST_LIMITS`] unless `env` says otherwise (`RUST_LOG`,
+    /// `SPOOL_LOG_FORMAT`, the limits); the logs are not kept.
     pub async fn start(name: &str, env: &[(&str, String)]) -> ServiceProcess {
         let mut command = tied_command(service_binary(name));
         command
             .env("SPOOL_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
+            .envs(TEST_LIMITS)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("SPOOL_LISTEN", "127.0.0.1:0")
             .stdout(Stdio::null())

@@ -11,7 +11,7 @@ use spool_platform::shutdown::CancellationToken;
 use spool_revalidator::RevalidatorConfig;
 use tokio::task::JoinHandle;
 
-use crate::{eventually, ADMIN_TOKEN};
+use crate::{eventually, ADMIN_TOKEN, LOOPBACK_TARGET_NETWORKS};
 
 /// A running service: its base URL, a client, and a way to stop it.
 pub struct TestService {
@@ -24,27 +24,41 @@ pub struct TestService {
 /// The old name, kept for the ingest tests.
 pub type TestIngest = TestService;
 
-/// The shared settings tests start from: the test admin token, a short grace period.
+/// The shared settings tests start from: the test admin token, a short grace period, and
+/// the limits per client address out of the way — every test client is 127.0.0.1, and
+/// tests open many streams and poll quickly (the tests of the limits set their own).
 pub fn common_config(nats_url: &str) -> CommonConfig {
     let mut common = CommonConfig::for_nats(nats_url);
     common.admin_token = Some(Secret::new(ADMIN_TOKEN));
     common.shutdown_grace = Duration::from_secs(5);
+    common.max_connections_per_ip = common.max_connections;
+    common.requests_per_ip_rate = UNLIMITED;
+    common.requests_per_ip_burst = UNLIMITED;
     common
 }
+
+/// A rate or burst no test reaches.
+const UNLIMITED: u32 = 1_000_000_000;
 
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-/// An ingest configuration on loopback port 0.
+/// An ingest configuration on loopback port 0, without a practical webhook rate per site
+/// (tests send their webhooks as fast as they can; the test of the rate sets its own).
 pub fn ingest_config(nats_url: &str) -> IngestConfig {
-    IngestConfig::new(common_config(nats_url), loopback())
+    let mut config = IngestConfig::new(common_config(nats_url), loopback());
+    config.webhook_rate = UNLIMITED;
+    config.webhook_burst = UNLIMITED;
+    config
 }
 
 /// A revalidator configuration on loopback port 0, with retries in milliseconds and a
-/// short ack wait so that tests see redeliveries quickly.
+/// short ack wait so that tests see redeliveries quickly. Its targets may be on loopback
+/// ([`LOOPBACK_TARGET_NETWORKS`]), where the tests' receivers listen.
 pub fn revalidator_config(nats_url: &str) -> RevalidatorConfig {
     let mut config = RevalidatorConfig::new(common_config(nats_url), loopback());
+    config.allowed_target_networks = LOOPBACK_TARGET_NETWORKS.into();
     config.retry_schedule = vec![
         Duration::from_millis(100),
         Duration::from_millis(200),

@@ -57,8 +57,8 @@ impl SseClient {
         }
     }
 
-    /// The next content event (default `message` type), skipping `ready`; panics on a
-    /// `reset` (use [`SseClient::next_event`] where one is expected).
+    /// The next content event (default `message` type), skipping `ready` and `position`;
+    /// panics on a `reset` (use [`SseClient::next_event`] where one is expected).
     pub async fn next_message(&mut self, timeout: Duration) -> Option<Received> {
         loop {
             let event = self.next_event(timeout).await?;
@@ -69,7 +69,7 @@ impl SseClient {
                         data: serde_json::from_str(&event.data).expect("JSON data"),
                     })
                 }
-                "ready" => continue,
+                "ready" | "position" => continue,
                 other => panic!("unexpected SSE event {other}: {}", event.data),
             }
         }

@@ -34,8 +34,14 @@ pub fn event_subject(site: &SiteId, collection: &CollectionName) -> String {
 }
 
 /// `spool.events.<site>.>`: every event of one site.
-pub fn site_events_filter(site: &SiteId) -> String {
+pub fn site_events_filter(site: &(impl fmt::Display + ?Sized)) -> String {
     format!("spool.events.{site}.>")
+}
+
+/// Where a stream's direct reads are asked for (any replica of a stream that allows direct
+/// access answers).
+pub fn direct_get_subject(stream: &str) -> String {
+    format!("$JS.API.DIRECT.GET.{stream}")
 }
 
 /// `spool.dlq.<site>`: where the revalidator dead-letters a site's failed calls.

@@ -82,6 +82,8 @@ describe("@spool-live/next in a real Next.js app", () => {
     contentDir = tempDir("spool-js-content-");
     stack = await startStack({
       services: ["ingest", "delivery", "revalidator"],
+      // The site's revalidation target is local: allowed explicitly.
+      env: { SPOOL_ALLOWED_TARGET_NETWORKS: "127.0.0.0/8,::1/128" },
       sites: [
         site("acme", {
           cors_origins: [base],

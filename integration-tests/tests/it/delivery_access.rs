@@ -246,23 +246,33 @@ async fn a_site_change_takes_effect_without_a_restart() {
         .status();
     assert_eq!(status, 204);
     eventually("the deleted site to be unknown", T, || async {
-        let r = get(&sys.delivery, "acme", POLL, "", None, &[])
+        let r = get(&sys.delivery, "acme", POLL, "", Some(ACME_TOKEN), &[])
             .send()
             .await
             .ok()?;
-        (r.status() == 404).then_some(())
+        (r.status() == 401).then_some(())
     })
     .await;
 }
 
 #[tokio::test]
-async fn unknown_and_malformed_sites() {
+async fn unknown_sites_look_like_private_ones_and_malformed_ids_are_named() {
     let sys = System::start().await;
     for endpoint in [POLL, STREAM] {
-        for token in [None, Some(ACME_TOKEN)] {
+        for token in [None, Some("rk_someone_elses"), Some(ACME_TOKEN)] {
             let a = send(get(&sys.delivery, "nosuchsite", endpoint, "", token, &[])).await;
-            let message = assert_error(&a, 404, "unknown_site", &format!("nosuchsite{endpoint}"));
-            assert!(message.contains("nosuchsite"), "{message}");
+            let what = format!("nosuchsite{endpoint} with {token:?}");
+            let message = assert_error(&a, 401, "unauthorized", &what);
+            assert!(!message.contains("nosuchsite"), "{message}");
+            if token != Some(ACME_TOKEN) {
+                // Exactly what the private site acme answers the same caller.
+                let private = send(get(&sys.delivery, "acme", endpoint, "", token, &[])).await;
+                assert_eq!(
+                    (a.status, &a.body),
+                    (private.status, &private.body),
+                    "{what}"
+                );
+            }
             for bad in ["Acme", "-acme", "acme.example", "a%20b", &"a".repeat(64)] {
                 let a = send(get(&sys.delivery, bad, endpoint, "", token, &[])).await;
                 assert_error(&a, 400, "invalid_site_id", &format!("{bad}{endpoint}"));
@@ -437,9 +447,9 @@ async fn cors_preflight_allows_the_site_origins_only() {
         let a = send(preflight(&sys.delivery, "nosuchsite", endpoint, ORIGIN)).await;
         assert_error(
             &a,
-            404,
-            "unknown_site",
-            &format!("preflight nosuchsite{endpoint}"),
+            403,
+            "origin_not_allowed",
+            &format!("preflight nosuchsite{endpoint}: as a site without that origin"),
         );
         let a = send(preflight(&sys.delivery, "Bad", endpoint, ORIGIN)).await;
         assert_error(

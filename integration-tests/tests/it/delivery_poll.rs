@@ -96,14 +96,11 @@ async fn page_through(delivery: &TestService, since: u64, limit: usize, extra: &
             events.len()
         );
         if events.is_empty() {
-            assert_eq!(next, cursor, "an empty page keeps the cursor");
+            assert!(next >= cursor, "an empty page never moves the cursor back");
             return all;
         }
-        assert_eq!(
-            next,
-            *seqs(&events).last().unwrap(),
-            "next = last returned seq"
-        );
+        let last = *seqs(&events).last().unwrap();
+        assert!(next >= last, "next = its last seq, or where reading ended");
         cursor = next;
         all.extend(events);
     }
@@ -319,7 +316,7 @@ async fn collections_filters_pages_and_long_polls() {
         let (events, next, _) = page(delivery, "?since=0&collections=blog,news").await;
         assert_eq!(seqs(&events), [b1, n1, b2], "{name}");
         assert_eq!(events[1], all[2], "{name}");
-        assert_eq!(next, b2, "{name}: next = the last returned");
+        assert_eq!(next, p2, "{name}: caught up, next = where reading ended");
 
         let (events, next, _) = page(delivery, "?since=0&collections=pages").await;
         assert_eq!(seqs(&events), [p1, p2], "{name}");
@@ -327,7 +324,10 @@ async fn collections_filters_pages_and_long_polls() {
 
         let (events, next, _) = page(delivery, "?since=0&collections=nothing").await;
         assert!(events.is_empty(), "{name}");
-        assert_eq!(next, 0, "{name}");
+        assert_eq!(
+            next, p2,
+            "{name}: the cursor moves past what isn't the reader's"
+        );
 
         let got = page_through(delivery, 0, 1, "&collections=blog,pages").await;
         assert_eq!(seqs(&got), [b1, p1, b2, p2], "{name}: paging with a filter");

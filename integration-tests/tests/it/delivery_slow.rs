@@ -139,19 +139,36 @@ async fn a_stuck_client_is_dropped_while_a_fast_one_gets_everything_and_memory_s
     assert!(grown_mib < 32, "delivery RSS grew by {grown_mib} MiB");
 }
 
-/// The sequence numbers (`id:` lines) of every event frame in a raw SSE response read so
-/// far (complete lines only). Frames are never split across chunks, so the chunked
+/// The sequence numbers (`id:` lines) of the content event frames (not `ready` or
+/// `position`, which carry an `id:` too) in a raw SSE response read so far, parsed as it
+/// grows: complete frames only. Frames are never split across chunks, so the chunked
 /// encoding's size lines stay apart.
-fn ids_in(raw: &[u8]) -> Vec<u64> {
-    let complete = raw
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .map_or(0, |end| end + 1);
-    String::from_utf8_lossy(&raw[..complete])
-        .split('\n')
-        .filter_map(|line| line.strip_prefix("id: "))
-        .map(|id| id.trim().parse().unwrap())
-        .collect()
+#[derive(Default)]
+struct Ids {
+    raw: Vec<u8>,
+    /// `raw` is parsed up to here (a frame boundary).
+    parsed: usize,
+    ids: Vec<u64>,
+}
+
+impl Ids {
+    fn push(&mut self, bytes: &[u8]) {
+        self.raw.extend_from_slice(bytes);
+        let new = &self.raw[self.parsed..];
+        let Some(end) = new.windows(2).rposition(|w| w == b"\n\n") else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&new[..end]).into_owned();
+        self.parsed += end + 2;
+        for frame in text.split("\n\n") {
+            if frame.lines().any(|line| line.starts_with("event: ")) {
+                continue;
+            }
+            if let Some(id) = frame.lines().find_map(|line| line.strip_prefix("id: ")) {
+                self.ids.push(id.trim().parse().unwrap());
+            }
+        }
+    }
 }
 
 #[tokio::test]
@@ -174,18 +191,18 @@ async fn a_client_that_pauses_past_its_sites_channel_catches_up_with_every_event
     }
 
     // Reads again: everything arrives, once each, in order.
-    let mut raw = Vec::new();
+    let mut got = Ids::default();
     let mut chunk = vec![0u8; 64 * 1024];
     let read_all = tokio::time::timeout(Duration::from_secs(60), async {
-        while ids_in(&raw).len() < EVENTS as usize {
+        while got.ids.len() < EVENTS as usize {
             let n = paused.read(&mut chunk).await.unwrap();
             assert!(n > 0, "the stream ended early");
-            raw.extend_from_slice(&chunk[..n]);
+            got.push(&chunk[..n]);
         }
     })
     .await;
-    assert!(read_all.is_ok(), "got {} events", ids_in(&raw).len());
-    assert_eq!(ids_in(&raw), (1..=EVENTS).collect::<Vec<_>>());
+    assert!(read_all.is_ok(), "got {} events", got.ids.len());
+    assert_eq!(got.ids, (1..=EVENTS).collect::<Vec<_>>());
     let text = metrics_text(&http, &delivery.base_url).await.unwrap();
     assert!(
         text.contains("spool_delivery_replays_total{source=\"window\"}"),

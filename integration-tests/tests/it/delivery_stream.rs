@@ -133,5 +133,8 @@ async fn an_idle_stream_gets_heartbeats() {
             .unwrap();
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
-    assert!(seen.starts_with("retry: 3000\nevent: ready\n"), "{seen}");
+    assert!(
+        seen.starts_with("retry: 3000\nid: 0\nevent: ready\n"),
+        "{seen}"
+    );
 }

@@ -2,6 +2,7 @@
 
 mod admin;
 mod delivery_access;
+mod delivery_history;
 mod delivery_poll;
 mod delivery_reset;
 mod delivery_resume;
@@ -18,6 +19,7 @@ mod revalidator_batch;
 mod revalidator_crash;
 mod revalidator_dlq;
 mod revalidator_isolation;
+mod revalidator_outbound;
 mod revalidator_slow;
 mod settings;
 mod sigterm;

@@ -334,6 +334,9 @@ async fn the_ingest_router_serves_every_route() {
             publisher: Publisher::new(platform.client.clone(), Duration::from_secs(1)),
             admin_token: None,
             webhook_tolerance: Duration::from_secs(300),
+            webhook_limits: Arc::new(spool_ingest::limits::SiteLimits::new(
+                spool_platform::rate::Rate::new(200, 1000),
+            )),
             platform,
         })
     };
@@ -343,18 +346,28 @@ async fn the_ingest_router_serves_every_route() {
 
 #[tokio::test]
 async fn the_delivery_router_serves_every_route() {
-    use spool_delivery::history::History;
+    use spool_delivery::history::{History, ReadLimits};
     use spool_delivery::hub::Hub;
-    use spool_delivery::routes::{router, AppState, StreamSettings, ROUTES};
+    use spool_delivery::routes::{router, AppState, SiteStreams, StreamSettings, ROUTES};
 
     let build = |platform: Platform| {
         router(AppState {
-            history: History::new(platform.jetstream.clone()),
+            history: History::new(
+                platform.client.clone(),
+                platform.jetstream.clone(),
+                ReadLimits {
+                    process: 4,
+                    per_site: 1,
+                },
+            ),
             hub: Arc::new(Hub::new(16, 1 << 20, 16)),
             settings: Arc::new(StreamSettings {
                 heartbeat: Duration::from_secs(15),
                 retry: Duration::from_secs(3),
+                busy_retry: Duration::from_secs(10),
+                max_lifetime: Duration::from_secs(1800),
             }),
+            streams: Arc::new(SiteStreams::new(10)),
             platform,
         })
     };
@@ -375,7 +388,8 @@ async fn the_revalidator_router_serves_every_route() {
             "127.0.0.1:0".parse().expect("an address"),
         );
         let settings = Settings::from_config(&config);
-        let dispatcher = Dispatcher::new(Duration::from_secs(1)).expect("a dispatcher");
+        let policy = config.target_policy().expect("a target policy");
+        let dispatcher = Dispatcher::new(Duration::from_secs(1), policy).expect("a dispatcher");
         router(AppState {
             worker: Worker::new(platform.clone(), dispatcher, settings),
             admin_token: None,

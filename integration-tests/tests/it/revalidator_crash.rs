@@ -6,7 +6,9 @@ use spool_integration_tests::process::ServiceProcess;
 use spool_integration_tests::receiver::{Reply, TestReceiver};
 use spool_integration_tests::services::{ingest_config, TestService};
 use spool_integration_tests::webhook::Webhook;
-use spool_integration_tests::{site_json, write_sites_file, ADMIN_TOKEN, TEST_SECRET};
+use spool_integration_tests::{
+    site_json, write_sites_file, ADMIN_TOKEN, LOOPBACK_TARGET_NETWORKS, TEST_SECRET,
+};
 
 use crate::revalidator::{dead_letters, wait_consumer, wait_settled, T};
 
@@ -26,6 +28,10 @@ async fn kill_9_mid_call_then_restart_calls_again() {
         ("SPOOL_ACK_WAIT", "1s".to_string()),
         ("SPOOL_CALL_TIMEOUT", "30s".to_string()),
         ("SPOOL_RETRY_SCHEDULE", "100ms".to_string()),
+        (
+            "SPOOL_ALLOWED_TARGET_NETWORKS",
+            LOOPBACK_TARGET_NETWORKS.to_string(),
+        ),
     ];
     let mut first = ServiceProcess::start("spool-revalidator", &env).await;
     wait_consumer(&nats.url()).await;

@@ -10,7 +10,9 @@ use spool_integration_tests::process::ServiceProcess;
 use spool_integration_tests::receiver::{Reply, TestReceiver};
 use spool_integration_tests::services::{ingest_config, revalidator_config, TestService};
 use spool_integration_tests::webhook::Webhook;
-use spool_integration_tests::{eventually, site_json, write_sites_file, ADMIN_TOKEN};
+use spool_integration_tests::{
+    eventually, site_json, write_sites_file, ADMIN_TOKEN, LOOPBACK_TARGET_NETWORKS,
+};
 
 use crate::revalidator::{list_dead_letters, retries_waiting, wait_consumer, T};
 
@@ -150,6 +152,10 @@ async fn a_waiting_retry_survives_kill_9_and_comes_at_its_time_with_the_same_id(
         ("SPOOL_SITES_FILE", sites.display().to_string()),
         ("SPOOL_ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
         ("SPOOL_RETRY_SCHEDULE", "4s".to_string()),
+        (
+            "SPOOL_ALLOWED_TARGET_NETWORKS",
+            LOOPBACK_TARGET_NETWORKS.to_string(),
+        ),
     ];
     let mut first = ServiceProcess::start("spool-revalidator", &env).await;
     wait_consumer(&nats.url()).await;
@@ -309,7 +315,7 @@ async fn a_redelivered_duplicate_inside_one_merged_call_is_settled_with_it() {
     .await;
     let worker = Worker::new(
         platform,
-        Dispatcher::new(config.call_timeout).unwrap(),
+        Dispatcher::new(config.call_timeout, config.target_policy().unwrap()).unwrap(),
         Settings::from_config(&config),
     );
     worker.handle_event(first).await;

@@ -36,7 +36,7 @@ async fn start_with(service: &str, env: &[(&str, &str)]) -> (std::process::ExitS
 async fn bad_settings_stop_each_service_with_a_message_naming_them() {
     /// A service, the settings it is started with, and what its message must name.
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 5] = [
+    let cases: [Case; 9] = [
         (
             "spool-delivery",
             &[("SPOOL_HEARTBEAT", "0s")],
@@ -61,6 +61,29 @@ async fn bad_settings_stop_each_service_with_a_message_naming_them() {
             "spool-revalidator",
             &[("SPOOL_ACK_WAIT", "0s")],
             "SPOOL_ACK_WAIT",
+        ),
+        (
+            "spool-ingest",
+            &[("SPOOL_WEBHOOK_RATE", "0")],
+            "SPOOL_WEBHOOK_RATE",
+        ),
+        (
+            "spool-ingest",
+            &[("SPOOL_WEBHOOK_BURST", "0")],
+            "SPOOL_WEBHOOK_BURST",
+        ),
+        (
+            "spool-delivery",
+            &[("SPOOL_REQUESTS_PER_IP_RATE", "0")],
+            "SPOOL_REQUESTS_PER_IP_RATE",
+        ),
+        (
+            "spool-revalidator",
+            &[
+                ("SPOOL_MAX_CONNECTIONS_PER_IP", "0"),
+                ("SPOOL_REQUESTS_PER_IP_BURST", "0"),
+            ],
+            "SPOOL_MAX_CONNECTIONS_PER_IP must be at least 1; SPOOL_REQUESTS_PER_IP_BURST",
         ),
     ];
     for (service, env, named) in cases {

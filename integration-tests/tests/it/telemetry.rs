@@ -7,7 +7,7 @@ use spool_integration_tests::otlp::{ExportedSpan, OtlpReceiver, SpanKind};
 use spool_integration_tests::process::ServiceProcess;
 use spool_integration_tests::receiver::TestReceiver;
 use spool_integration_tests::webhook::Webhook;
-use spool_integration_tests::{site_json, write_sites_file};
+use spool_integration_tests::{site_json, write_sites_file, LOOPBACK_TARGET_NETWORKS};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CMS_SPAN: &str = "00f067aa0ba902b7";
@@ -49,6 +49,10 @@ async fn one_webhook_is_one_trace_across_the_three_services_and_the_site() {
             "deployment.environment=test".to_string(),
         ),
         ("SPOOL_COALESCE_WINDOW", "10ms".to_string()),
+        (
+            "SPOOL_ALLOWED_TARGET_NETWORKS",
+            LOOPBACK_TARGET_NETWORKS.to_string(),
+        ),
     ];
     let ingest = ServiceProcess::start("spool-ingest", &env).await;
     let delivery = ServiceProcess::start("spool-delivery", &env).await;

@@ -19,6 +19,9 @@ pub enum DeliveryError {
     BadParameter(String),
     #[error("origin {0:?} is not in the site's cors_origins")]
     OriginNotAllowed(String),
+    /// Too many history reads in progress: come back after this long.
+    #[error("too many history reads in progress; retry later")]
+    Busy(std::time::Duration),
     /// Retrying will help: NATS unreachable, the registry or the feed still loading,
     /// shutting down.
     #[error("{0}")]
@@ -29,7 +32,7 @@ impl DeliveryError {
     /// Will the same request succeed later? (SSE answers those 200 + `retry:`, because a
     /// browser's EventSource gives up for good on any other status.)
     pub fn is_transient(&self) -> bool {
-        matches!(self, DeliveryError::Unavailable(_))
+        matches!(self, DeliveryError::Unavailable(_) | DeliveryError::Busy(_))
     }
 }
 
@@ -49,6 +52,10 @@ impl IntoResponse for DeliveryError {
             DeliveryError::Unauthorized(_) => ApiError::unauthorized(message),
             DeliveryError::OriginNotAllowed(_) => {
                 ApiError::new(StatusCode::FORBIDDEN, "origin_not_allowed", message)
+            }
+            DeliveryError::Busy(after) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", message)
+                    .with_retry_after(after.as_secs().max(1))
             }
             DeliveryError::Unavailable(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)

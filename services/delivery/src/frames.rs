@@ -66,12 +66,33 @@ pub fn retry(ms: u64) -> Bytes {
     Bytes::from(format!("retry: {ms}\n\n"))
 }
 
-/// The first frame of a stream: the `retry:` hint and `event: ready` with the last
-/// sequence this server knows.
-pub fn ready(retry_ms: u64, last_seq: u64) -> Bytes {
+/// The first frame of a stream: the `retry:` hint, the client's position as its `id:`
+/// (where a reconnection resumes from) and `event: ready` with the last sequence this
+/// server knows.
+pub fn ready(retry_ms: u64, cursor: u64, last_seq: u64) -> Bytes {
     Bytes::from(format!(
-        "retry: {retry_ms}\nevent: ready\ndata: {}\n\n",
+        "retry: {retry_ms}\nid: {cursor}\nevent: ready\ndata: {}\n\n",
         json!({ "last_seq": last_seq })
+    ))
+}
+
+/// `event: goaway`: the site has as many streams open here as it may; the client should
+/// long-poll instead (`@spool-live/client` does), and a plain EventSource comes back after
+/// `retry_ms`.
+pub fn goaway(reason: &str, retry_ms: u64) -> Bytes {
+    Bytes::from(format!(
+        "retry: {retry_ms}\nevent: goaway\ndata: {}\n\n",
+        json!({ "reason": reason, "retry_ms": retry_ms })
+    ))
+}
+
+/// `event: position`: the client is caught up to `seq` though its last event is older (the
+/// events after it were other sites' or collections'). Its `id:` makes a reconnection resume
+/// from there, which the window still holds.
+pub fn position(seq: u64) -> Bytes {
+    Bytes::from(format!(
+        "id: {seq}\nevent: position\ndata: {}\n\n",
+        json!({ "seq": seq })
     ))
 }
 
@@ -129,8 +150,12 @@ mod tests {
     fn control_frames() {
         assert_eq!(&retry(3000)[..], b"retry: 3000\n\n");
         assert_eq!(
-            &ready(3000, 7)[..],
-            b"retry: 3000\nevent: ready\ndata: {\"last_seq\":7}\n\n"
+            &ready(3000, 5, 7)[..],
+            b"retry: 3000\nid: 5\nevent: ready\ndata: {\"last_seq\":7}\n\n"
+        );
+        assert_eq!(
+            &position(9)[..],
+            b"id: 9\nevent: position\ndata: {\"seq\":9}\n\n"
         );
         let r = reset(&Reset {
             reason: "history_truncated",

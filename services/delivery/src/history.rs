@@ -1,11 +1,20 @@
 //! Reading a site's history from JetStream, for cursors the window no longer holds.
+//!
+//! What a history read costs JetStream is bounded whatever readers do: a read is a batched
+//! direct get (no consumer is created), bounded in messages and bytes; at most
+//! `SPOOL_HISTORY_READS` run at once in a process and `SPOOL_HISTORY_READS_PER_SITE` for one
+//! site (over either, the reader is told to come back later: [`HistoryError::Busy`]); and
+//! the stream's bounds are asked for at most once per [`BOUNDS_TTL`], not per read.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
+use async_nats::jetstream;
+use spool_platform::range::{self, Range};
 use spool_proto::names::EVENTS_STREAM;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::frames::{FeedEvent, Reset};
 use crate::window::Filter;
@@ -13,12 +22,23 @@ use crate::window::Filter;
 /// How long one history read may take before the client is told to come back.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the stream's bounds are trusted before they are asked for again.
+pub const BOUNDS_TTL: Duration = Duration::from_secs(1);
+
+/// Least time between two questions for the bounds, however many readers ask.
+const MIN_BOUNDS_REFRESH: Duration = Duration::from_millis(50);
+
 #[derive(Debug, thiserror::Error)]
-#[error("reading history from JetStream failed: {0}")]
-pub struct HistoryError(String);
+pub enum HistoryError {
+    /// Too many history reads in progress (in the process, or for the site).
+    #[error("too many history reads in progress; come back later")]
+    Busy,
+    #[error("reading history from JetStream failed: {0}")]
+    Failed(String),
+}
 
 fn err(e: impl std::fmt::Display) -> HistoryError {
-    HistoryError(e.to_string())
+    HistoryError::Failed(e.to_string())
 }
 
 /// Where a catch-up starts, given what the stream still holds.
@@ -56,86 +76,217 @@ pub fn plan(cursor: u64, first_seq: u64, last_seq: u64) -> Plan {
     }
 }
 
+/// What one history read found.
+#[derive(Debug)]
+pub struct Read {
+    /// Set when the cursor had to move (history truncated, or ahead of the stream).
+    pub reset: Option<Reset>,
+    /// The filter's events after the cursor, oldest first.
+    pub events: Vec<Arc<FeedEvent>>,
+    /// Where the next read starts: the last sequence read (the site's, whatever the
+    /// collections asked for), or where this one started.
+    pub cursor: u64,
+    /// The read reached the stream's end.
+    pub complete: bool,
+}
+
+/// How many history reads may run at once.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    pub process: usize,
+    pub per_site: usize,
+}
+
 #[derive(Clone)]
 pub struct History {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: async_nats::Client,
     js: jetstream::Context,
+    reads: Arc<Semaphore>,
+    per_site: usize,
+    /// Reads in progress per site (sites with none are not kept).
+    sites: Mutex<HashMap<String, usize>>,
+    /// The stream's `(first_seq, last_seq)` and when they were read; the lock is held
+    /// while asking, so concurrent readers share one question.
+    bounds: tokio::sync::Mutex<Option<(u64, u64, Instant)>>,
+}
+
+/// A history read's place in the process's and its site's limits, released on drop.
+struct Permit {
+    inner: Arc<Inner>,
+    site: String,
+    _process: OwnedSemaphorePermit,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut sites = self
+            .inner
+            .sites
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = sites.get_mut(&self.site) {
+            *n -= 1;
+            if *n == 0 {
+                sites.remove(&self.site);
+            }
+        }
+    }
 }
 
 impl History {
-    pub fn new(js: jetstream::Context) -> History {
-        History { js }
+    pub fn new(client: async_nats::Client, js: jetstream::Context, limits: ReadLimits) -> History {
+        History {
+            inner: Arc::new(Inner {
+                client,
+                js,
+                reads: Arc::new(Semaphore::new(limits.process.max(1))),
+                per_site: limits.per_site.max(1),
+                sites: Mutex::default(),
+                bounds: tokio::sync::Mutex::new(None),
+            }),
+        }
     }
 
-    /// The stream's `(first_seq, last_seq)`.
-    pub async fn bounds(&self) -> Result<(u64, u64), HistoryError> {
-        let read = async {
-            let mut stream = self.js.get_stream(EVENTS_STREAM).await.map_err(err)?;
-            let state = stream.info().await.map_err(err)?.state.clone();
-            Ok((state.first_sequence, state.last_sequence))
+    /// A place for one more read of `site`, or [`HistoryError::Busy`].
+    fn permit(&self, site: &str) -> Result<Permit, HistoryError> {
+        let busy = |scope: &'static str| {
+            metrics::counter!("spool_delivery_history_reads_refused_total", "scope" => scope)
+                .increment(1);
+            HistoryError::Busy
         };
-        tokio::time::timeout(READ_TIMEOUT, read)
-            .await
-            .map_err(err)?
+        let process = self
+            .inner
+            .reads
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy("process"))?;
+        let mut sites = self
+            .inner
+            .sites
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = sites.entry(site.to_owned()).or_insert(0);
+        if *n >= self.inner.per_site {
+            return Err(busy("site"));
+        }
+        *n += 1;
+        Ok(Permit {
+            inner: self.inner.clone(),
+            site: site.to_owned(),
+            _process: process,
+        })
     }
 
-    /// Up to `limit` events of `filter` after `after`, oldest first, through a short-lived
-    /// ordered consumer filtered on the site's (or the collections') subjects.
+    /// The stream's `(first_seq, last_seq)`, from the cache unless it is older than
+    /// [`BOUNDS_TTL`] (or `fresh` is asked for) or `cursor` is past its end (then asked
+    /// again, but never more often than every [`MIN_BOUNDS_REFRESH`]: a cursor from another
+    /// replica may be a moment ahead of what was cached, and must not be taken for one from
+    /// another stream).
+    async fn bounds(&self, cursor: u64, fresh: bool) -> Result<(u64, u64), HistoryError> {
+        let asked = Instant::now();
+        let mut cached = self.inner.bounds.lock().await;
+        if let Some((first, last, at)) = *cached {
+            // Asked for fresh bounds: those read since this call began are fresh.
+            let young = if fresh {
+                at >= asked
+            } else {
+                at.elapsed() < BOUNDS_TTL
+            };
+            if young && cursor <= last {
+                return Ok((first, last));
+            }
+            tokio::time::sleep_until(at + MIN_BOUNDS_REFRESH).await;
+        }
+        let read = async {
+            let stream = self.inner.js.get_stream(EVENTS_STREAM).await.map_err(err)?;
+            let state = &stream.cached_info().state;
+            Ok::<_, HistoryError>((state.first_sequence, state.last_sequence))
+        };
+        let (first, last) = tokio::time::timeout(READ_TIMEOUT, read)
+            .await
+            .map_err(err)??;
+        *cached = Some((first, last, Instant::now()));
+        Ok((first, last))
+    }
+
+    /// Where to read from for `cursor`. The cached bounds may be up to [`BOUNDS_TTL`] old,
+    /// and the stream's start moves as old events expire: a cursor whose next event is gone
+    /// must be told (`history_truncated`), never skipped past in silence. So the plan is
+    /// checked against the stream itself — the next event is still there, or the bounds are
+    /// asked for again — which costs one direct get of one message.
+    async fn plan(&self, cursor: u64) -> Result<Plan, HistoryError> {
+        let (first_seq, last_seq) = self.bounds(cursor, false).await?;
+        let planned = plan(cursor, first_seq, last_seq);
+        let next = cursor.saturating_add(1);
+        let settled = match &planned.reset {
+            // The start only moves forward: a truncation seen in old bounds is real, but
+            // its `first_seq` may be out of date.
+            Some(reset) => reset.reason != "history_truncated",
+            None => cursor == 0 || next > last_seq || self.holds(next).await?,
+        };
+        if settled {
+            return Ok(planned);
+        }
+        let (first_seq, last_seq) = self.bounds(cursor, true).await?;
+        Ok(plan(cursor, first_seq, last_seq))
+    }
+
+    async fn holds(&self, seq: u64) -> Result<bool, HistoryError> {
+        range::holds(&self.inner.client, EVENTS_STREAM, seq, READ_TIMEOUT)
+            .await
+            .map_err(err)
+    }
+
+    /// Up to `limit` events of `filter` after `cursor` (and about `max_bytes` of them),
+    /// oldest first; moves the cursor first if the stream can't honour it ([`plan`]).
     pub async fn read(
         &self,
         filter: &Filter,
-        after: u64,
+        cursor: u64,
         limit: usize,
-    ) -> Result<Vec<Arc<FeedEvent>>, HistoryError> {
+        max_bytes: usize,
+    ) -> Result<Read, HistoryError> {
+        let _permit = self.permit(&filter.site)?;
         metrics::counter!("spool_delivery_replays_total", "source" => "jetstream").increment(1);
-        tokio::time::timeout(READ_TIMEOUT, self.read_inner(filter, after, limit))
-            .await
-            .map_err(err)?
-    }
-
-    async fn read_inner(
-        &self,
-        filter: &Filter,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<Arc<FeedEvent>>, HistoryError> {
-        let subjects = match &filter.collections {
-            None => vec![format!("spool.events.{}.>", filter.site)],
-            Some(list) => list
-                .iter()
-                .map(|c| format!("spool.events.{}.{c}", filter.site))
-                .collect(),
-        };
-        let stream = self.js.get_stream(EVENTS_STREAM).await.map_err(err)?;
-        let mut consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subjects: subjects,
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: after + 1,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(err)?;
-        let mut events = Vec::new();
-        if consumer.info().await.map_err(err)?.num_pending == 0 {
-            return Ok(events);
-        }
-        let mut messages = consumer.messages().await.map_err(err)?;
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(err)?;
-            let info = message.info().map_err(err)?;
-            let (seq, pending) = (info.stream_sequence, info.pending);
-            match FeedEvent::from_stored(seq, &message.payload) {
-                Ok(event) => events.push(Arc::new(event)),
+        let plan = self.plan(cursor).await?;
+        let subjects = spool_proto::names::site_events_filter(&filter.site);
+        let found = range::read(
+            &self.inner.client,
+            Range {
+                stream: EVENTS_STREAM,
+                filter: &subjects,
+                after: plan.from,
+                max_messages: limit,
+                max_bytes,
+            },
+            READ_TIMEOUT,
+        )
+        .await
+        .map_err(err)?;
+        let complete = found.complete();
+        let cursor = found.messages.last().map_or(plan.from, |m| m.seq);
+        let events = found
+            .messages
+            .into_iter()
+            .filter_map(|m| match FeedEvent::from_stored(m.seq, &m.payload) {
+                Ok(event) => Some(Arc::new(event)),
                 Err(e) => {
-                    tracing::error!(seq, error = %e, "undecodable event in SPOOL_EVENTS; skipped")
+                    tracing::error!(seq = m.seq, error = %e, "undecodable event in SPOOL_EVENTS; skipped");
+                    None
                 }
-            }
-            if pending == 0 || events.len() >= limit {
-                break;
-            }
-        }
-        Ok(events)
+            })
+            .filter(|event| filter.wants_collection(event))
+            .collect();
+        Ok(Read {
+            reset: plan.reset,
+            events,
+            cursor,
+            complete,
+        })
     }
 }
 

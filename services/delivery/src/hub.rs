@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::frames::FeedEvent;
-use crate::window::{Filter, Window};
+use crate::window::{Filter, Page, Window};
 
 pub struct Hub {
     state: Mutex<State>,
@@ -147,17 +147,27 @@ impl Hub {
         state.sites.clear();
     }
 
-    /// Up to `limit` events after `cursor` from the window, or `None` when the window no
-    /// longer (or not yet) holds everything after it.
+    /// Up to `limit` events after `cursor` (about `max_bytes` of them) from the window, or
+    /// `None` when the window no longer (or not yet) holds everything after it. A page that
+    /// reaches the end moves the cursor to the last sequence the feed has seen.
     pub fn recent(
         &self,
         cursor: u64,
         filter: &Filter,
         limit: usize,
-    ) -> Option<Vec<Arc<FeedEvent>>> {
+        max_bytes: usize,
+    ) -> Option<Page> {
         let state = self.state();
-        (self.is_ready() && state.window.covers(cursor) && cursor <= state.last_seq)
-            .then(|| state.window.after(cursor, filter, limit))
+        (self.is_ready() && state.window.covers(cursor) && cursor <= state.last_seq).then(|| {
+            state
+                .window
+                .page(cursor, filter, limit, max_bytes, state.last_seq)
+        })
+    }
+
+    /// The window holds every event after this sequence.
+    pub fn window_start(&self) -> u64 {
+        self.state().window.start()
     }
 }
 
@@ -301,14 +311,21 @@ mod tests {
             collections: None,
         };
         let recent: Vec<u64> = hub
-            .recent(10, &a, 10)
+            .recent(10, &a, 10, usize::MAX)
             .unwrap()
+            .events
             .iter()
             .map(|e| e.seq)
             .collect();
         assert_eq!(recent, [11, 14]);
-        assert!(hub.recent(9, &a, 10).is_none(), "before the feed started");
-        assert!(hub.recent(15, &a, 10).is_none(), "ahead of the feed");
+        assert!(
+            hub.recent(9, &a, 10, usize::MAX).is_none(),
+            "before the feed started"
+        );
+        assert!(
+            hub.recent(15, &a, 10, usize::MAX).is_none(),
+            "ahead of the feed"
+        );
     }
 
     #[test]
@@ -326,8 +343,9 @@ mod tests {
             collections: None,
         };
         let recent: Vec<u64> = hub
-            .recent(5, &a, 10)
+            .recent(5, &a, 10, usize::MAX)
             .unwrap()
+            .events
             .iter()
             .map(|e| e.seq)
             .collect();

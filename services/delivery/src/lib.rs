@@ -74,12 +74,22 @@ impl Application {
             shutdown,
         ));
         let state = routes::AppState {
-            history: history::History::new(platform.jetstream.clone()),
+            history: history::History::new(
+                platform.client.clone(),
+                platform.jetstream.clone(),
+                history::ReadLimits {
+                    process: config.history_reads,
+                    per_site: config.history_reads_per_site,
+                },
+            ),
             hub,
             settings: Arc::new(routes::StreamSettings {
                 heartbeat: config.heartbeat,
                 retry: config.sse_retry,
+                busy_retry: config.busy_retry,
+                max_lifetime: config.max_stream_lifetime,
             }),
+            streams: Arc::new(routes::SiteStreams::new(config.max_streams_per_site)),
             platform: platform.clone(),
         };
         Ok(Application {

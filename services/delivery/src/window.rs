@@ -74,17 +74,55 @@ impl Window {
         self.events.back().map_or(self.complete_after, |e| e.seq)
     }
 
-    /// Up to `limit` events after `cursor` that `filter` wants, oldest first. Only
-    /// meaningful when [`Window::covers`] the cursor.
-    pub fn after(&self, cursor: u64, filter: &Filter, limit: usize) -> Vec<Arc<FeedEvent>> {
-        let start = self.events.partition_point(|e| e.seq <= cursor);
-        self.events
-            .range(start..)
-            .filter(|e| filter.matches(e))
-            .take(limit)
-            .cloned()
-            .collect()
+    /// Where the window starts: it holds every event after this sequence.
+    pub fn start(&self) -> u64 {
+        self.complete_after
     }
+
+    /// Up to `limit` events after `cursor` that `filter` wants, and about `max_bytes` of
+    /// them (at least one), oldest first. Only meaningful when [`Window::covers`] the
+    /// cursor. A page that reaches the window's end moves the cursor to `end` (the last
+    /// sequence the feed has seen): the client is caught up there, even if the window's
+    /// last events are other sites'.
+    pub fn page(
+        &self,
+        cursor: u64,
+        filter: &Filter,
+        limit: usize,
+        max_bytes: usize,
+        end: u64,
+    ) -> Page {
+        let start = self.events.partition_point(|e| e.seq <= cursor);
+        let mut events: Vec<Arc<FeedEvent>> = Vec::new();
+        let mut bytes = 0;
+        for event in self.events.range(start..).filter(|e| filter.matches(e)) {
+            if events.len() >= limit || (bytes >= max_bytes && !events.is_empty()) {
+                return Page {
+                    cursor: events.last().map_or(cursor, |e| e.seq),
+                    events,
+                    complete: false,
+                };
+            }
+            bytes += event.size();
+            events.push(event.clone());
+        }
+        Page {
+            events,
+            cursor: end.max(cursor),
+            complete: true,
+        }
+    }
+}
+
+/// A page of events read for a client.
+#[derive(Debug)]
+pub struct Page {
+    pub events: Vec<Arc<FeedEvent>>,
+    /// Where the client is after this page: the last event's sequence, or, when the page
+    /// reached the end, that end.
+    pub cursor: u64,
+    /// Nothing more after `cursor` (as of the read).
+    pub complete: bool,
 }
 
 #[cfg(test)]
@@ -118,17 +156,71 @@ mod tests {
                 if seq < 104 { "blog" } else { "pages" },
             ));
         }
-        let seqs = |v: Vec<Arc<FeedEvent>>| v.iter().map(|e| e.seq).collect::<Vec<_>>();
-        assert_eq!(seqs(w.after(100, &site("a"), 10)), [102, 104, 106]);
-        assert_eq!(seqs(w.after(102, &site("a"), 10)), [104, 106]);
-        assert_eq!(seqs(w.after(100, &site("a"), 2)), [102, 104]);
+        let seqs = |p: Page| p.events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        assert_eq!(
+            seqs(w.page(100, &site("a"), 10, usize::MAX, w.last_seq())),
+            [102, 104, 106]
+        );
+        assert_eq!(
+            seqs(w.page(102, &site("a"), 10, usize::MAX, w.last_seq())),
+            [104, 106]
+        );
+        assert_eq!(
+            seqs(w.page(100, &site("a"), 2, usize::MAX, w.last_seq())),
+            [102, 104]
+        );
         let blog = Filter {
             site: "b".into(),
             collections: Some(vec!["blog".into()]),
         };
-        assert_eq!(seqs(w.after(100, &blog, 10)), [101, 103]);
+        assert_eq!(
+            seqs(w.page(100, &blog, 10, usize::MAX, w.last_seq())),
+            [101, 103]
+        );
         assert!(w.covers(100) && !w.covers(99));
         assert_eq!(w.last_seq(), 106);
+    }
+
+    #[test]
+    fn a_page_that_reaches_the_end_moves_the_cursor_there() {
+        let mut w = Window::new(10, usize::MAX, 100);
+        for seq in 101..=105 {
+            w.push(event(seq, if seq == 102 { "a" } else { "b" }, "blog"));
+        }
+        let caught_up = w.page(100, &site("a"), 10, usize::MAX, 107);
+        assert_eq!(
+            (caught_up.events.len(), caught_up.cursor, caught_up.complete),
+            (1, 107, true)
+        );
+        let quiet = w.page(100, &site("c"), 10, usize::MAX, 105);
+        assert_eq!(
+            (quiet.events.len(), quiet.cursor, quiet.complete),
+            (0, 105, true)
+        );
+        let full = w.page(100, &site("b"), 2, usize::MAX, 105);
+        assert_eq!(
+            (full.cursor, full.complete),
+            (103, false),
+            "a full page stops at its last event"
+        );
+        let exactly = w.page(100, &site("b"), 4, usize::MAX, 105);
+        assert_eq!(
+            (exactly.cursor, exactly.complete),
+            (105, true),
+            "as many as the limit, and no more"
+        );
+        let one = event(101, "b", "blog").size();
+        let by_bytes = w.page(100, &site("b"), 10, one + 1, 105);
+        assert_eq!(
+            (by_bytes.events.len(), by_bytes.cursor, by_bytes.complete),
+            (2, 103, false)
+        );
+        let tiny = w.page(100, &site("b"), 10, 1, 105);
+        assert_eq!(
+            tiny.events.len(),
+            1,
+            "at least one event, however small the byte budget"
+        );
     }
 
     #[test]
@@ -139,7 +231,12 @@ mod tests {
             w.push(event(seq, "a", "blog"));
         }
         assert!(w.covers(2) && !w.covers(1));
-        assert_eq!(w.after(2, &site("a"), 10).len(), 3);
+        assert_eq!(
+            w.page(2, &site("a"), 10, usize::MAX, w.last_seq())
+                .events
+                .len(),
+            3
+        );
     }
 
     #[test]
@@ -152,7 +249,12 @@ mod tests {
         }
         assert!(!w.covers(0));
         assert!(w.covers(6) && !w.covers(5));
-        assert_eq!(w.after(6, &site("a"), 100).len(), 3);
+        assert_eq!(
+            w.page(6, &site("a"), 100, usize::MAX, w.last_seq())
+                .events
+                .len(),
+            3
+        );
     }
 
     proptest! {
@@ -167,7 +269,7 @@ mod tests {
                 w.push(event(i as u64 + 1, &format!("s{s}"), "blog"));
             }
             if w.covers(cursor) {
-                let got: Vec<u64> = w.after(cursor, &site("s0"), usize::MAX).iter().map(|e| e.seq).collect();
+                let got: Vec<u64> = w.page(cursor, &site("s0"), usize::MAX, usize::MAX, w.last_seq()).events.iter().map(|e| e.seq).collect();
                 let want: Vec<u64> = sites.iter().enumerate()
                     .map(|(i, s)| (i as u64 + 1, *s))
                     .filter(|(seq, s)| *seq > cursor && *s == 0)

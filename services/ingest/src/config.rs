@@ -24,6 +24,15 @@ pub struct IngestConfig {
     /// Accepted distance between `webhook-timestamp` and the server's clock, either way.
     #[arg(long, env = "SPOOL_WEBHOOK_TOLERANCE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub webhook_tolerance: Duration,
+
+    /// Signed webhooks accepted per second per site (refilling its bucket); past it, 429
+    /// with `Retry-After` (the CMS retries with the same webhook-id).
+    #[arg(long, env = "SPOOL_WEBHOOK_RATE", default_value_t = 200)]
+    pub webhook_rate: u32,
+
+    /// Signed webhooks a site may send at once before its rate applies.
+    #[arg(long, env = "SPOOL_WEBHOOK_BURST", default_value_t = 1000)]
+    pub webhook_burst: u32,
 }
 
 impl IngestConfig {
@@ -34,6 +43,45 @@ impl IngestConfig {
             listen,
             publish_timeout: Duration::from_secs(3),
             webhook_tolerance: Duration::from_secs(5 * 60),
+            webhook_rate: 200,
+            webhook_burst: 1000,
         }
+    }
+
+    /// Checks what the flags' types can't: every problem, one line each.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if self.webhook_rate == 0 {
+            problems.push("SPOOL_WEBHOOK_RATE must be more than 0");
+        }
+        if self.webhook_burst == 0 {
+            problems.push("SPOOL_WEBHOOK_BURST must be more than 0");
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_zero_webhook_limits_are_named() {
+        let parsed = IngestConfig::try_parse_from(["x"]).unwrap();
+        parsed.validate().unwrap();
+        let built = IngestConfig::new(parsed.common.clone(), parsed.listen);
+        assert_eq!(parsed.webhook_rate, built.webhook_rate);
+        assert_eq!(parsed.webhook_burst, built.webhook_burst);
+        assert_eq!((built.webhook_rate, built.webhook_burst), (200, 1000));
+        let bad =
+            IngestConfig::try_parse_from(["x", "--webhook-rate", "0", "--webhook-burst", "0"])
+                .unwrap();
+        let err = bad.validate().unwrap_err();
+        assert!(err.contains("SPOOL_WEBHOOK_RATE must"), "{err}");
+        assert!(err.contains("SPOOL_WEBHOOK_BURST must"), "{err}");
     }
 }

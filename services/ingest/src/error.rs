@@ -26,6 +26,9 @@ pub enum IngestError {
     NotJson,
     #[error("{0}")]
     InvalidBody(String),
+    /// The site sent more signed webhooks than `SPOOL_WEBHOOK_RATE` / `_BURST` allow.
+    #[error("site {site:?} is over its webhook rate: retry after {retry_after_secs} s with the same webhook-id")]
+    RateLimited { site: String, retry_after_secs: u64 },
     /// JetStream did not acknowledge the write (unreachable, timed out, refused).
     #[error("the event stream can't be written right now: {0}")]
     Unavailable(String),
@@ -40,6 +43,7 @@ impl IngestError {
             IngestError::Unauthorized(_) | IngestError::AdminDisabled => "unauthorized",
             IngestError::TooLarge { .. } => "too_large",
             IngestError::NotJson => "unsupported_media_type",
+            IngestError::RateLimited { .. } => "rate_limited",
             IngestError::RegistryLoading | IngestError::Unavailable(_) => "unavailable",
         }
     }
@@ -68,6 +72,10 @@ impl IngestError {
                 "unsupported_media_type",
                 message,
             ),
+            IngestError::RateLimited {
+                retry_after_secs, ..
+            } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+                .with_retry_after(*retry_after_secs),
             IngestError::RegistryLoading | IngestError::Unavailable(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
                     .with_retry_after(RETRY_AFTER_SECS)

@@ -4,12 +4,14 @@
 
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod publish;
 pub mod routes;
 
 use std::sync::Arc;
 
 use spool_platform::http;
+use spool_platform::rate::Rate;
 use spool_platform::shutdown::CancellationToken;
 use spool_platform::Platform;
 use tokio::net::TcpListener;
@@ -32,6 +34,9 @@ impl Application {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Application> {
         use anyhow::Context as _;
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let listener = http::bind(config.listen)
             .with_context(|| format!("binding SPOOL_LISTEN {}", config.listen))?;
         let port = listener.local_addr()?.port();
@@ -40,6 +45,10 @@ impl Application {
             publisher: publish::Publisher::new(platform.client.clone(), config.publish_timeout),
             admin_token: config.common.admin_token.clone().map(Arc::new),
             webhook_tolerance: config.webhook_tolerance,
+            webhook_limits: Arc::new(limits::SiteLimits::new(Rate::new(
+                config.webhook_rate,
+                config.webhook_burst,
+            ))),
             platform: platform.clone(),
         };
         Ok(Application {

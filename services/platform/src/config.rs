@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::client::TrustedProxies;
+
 /// A secret from configuration: never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -75,6 +77,24 @@ pub struct CommonConfig {
     /// Open connections per process; past this, new ones are closed at once (clients retry).
     #[arg(long, env = "SPOOL_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
+
+    /// Open connections per client address (the socket peer; IPv6 by /64); past this, its
+    /// new ones are closed at once. Trusted proxies are exempt.
+    #[arg(long, env = "SPOOL_MAX_CONNECTIONS_PER_IP", default_value_t = 512)]
+    pub max_connections_per_ip: usize,
+
+    /// Proxies (comma-separated CIDRs or addresses) whose `X-Forwarded-For` names the
+    /// client; empty = none: the socket peer is the client.
+    #[arg(long, env = "SPOOL_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: TrustedProxies,
+
+    /// New API requests per second per client address (refilling its bucket); past it, 429.
+    #[arg(long, env = "SPOOL_REQUESTS_PER_IP_RATE", default_value_t = 50)]
+    pub requests_per_ip_rate: u32,
+
+    /// API requests a client address may make at once before its rate applies.
+    #[arg(long, env = "SPOOL_REQUESTS_PER_IP_BURST", default_value_t = 200)]
+    pub requests_per_ip_burst: u32,
 }
 
 /// How the streams and the bucket are provisioned (applied idempotently at start-up).
@@ -126,6 +146,10 @@ impl CommonConfig {
             log_format: "text".into(),
             header_timeout: Duration::from_secs(10),
             max_connections: 20_000,
+            max_connections_per_ip: 512,
+            trusted_proxies: TrustedProxies::default(),
+            requests_per_ip_rate: 50,
+            requests_per_ip_burst: 200,
         }
     }
 
@@ -137,6 +161,15 @@ impl CommonConfig {
         }
         if self.max_connections == 0 {
             problems.push("SPOOL_MAX_CONNECTIONS must be at least 1".to_string());
+        }
+        if self.max_connections_per_ip == 0 {
+            problems.push("SPOOL_MAX_CONNECTIONS_PER_IP must be at least 1".to_string());
+        }
+        if self.requests_per_ip_rate == 0 {
+            problems.push("SPOOL_REQUESTS_PER_IP_RATE must be more than 0".to_string());
+        }
+        if self.requests_per_ip_burst == 0 {
+            problems.push("SPOOL_REQUESTS_PER_IP_BURST must be more than 0".to_string());
         }
         if self.shutdown_grace.is_zero() {
             problems.push("SPOOL_SHUTDOWN_GRACE must be more than 0".to_string());
@@ -222,6 +255,49 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("--stream-replicas"), "{err}");
+    }
+
+    #[test]
+    fn the_limits_default_and_parse() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        let d = CommonConfig::for_nats("nats://127.0.0.1:4222");
+        assert_eq!(cli.common.max_connections_per_ip, 512);
+        assert_eq!(cli.common.max_connections_per_ip, d.max_connections_per_ip);
+        assert_eq!(cli.common.requests_per_ip_rate, d.requests_per_ip_rate);
+        assert_eq!(cli.common.requests_per_ip_burst, d.requests_per_ip_burst);
+        assert!(cli.common.trusted_proxies.is_empty());
+        cli.common.validate().unwrap();
+        // Empty, as templates render an unset value.
+        let cli = Cli::try_parse_from(["x", "--trusted-proxies="]).unwrap();
+        assert!(cli.common.trusted_proxies.is_empty());
+        let cli =
+            Cli::try_parse_from(["x", "--trusted-proxies", "10.0.0.0/8, 192.168.0.1"]).unwrap();
+        assert!(cli
+            .common
+            .trusted_proxies
+            .contains("10.42.0.3".parse().unwrap()));
+        assert!(cli
+            .common
+            .trusted_proxies
+            .contains("192.168.0.1".parse().unwrap()));
+        let err = Cli::try_parse_from(["x", "--trusted-proxies", "10.0.0.0/8,ingress"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("--trusted-proxies"), "{err}");
+        assert!(err.contains("ingress"), "{err}");
+    }
+
+    #[test]
+    fn zero_limits_are_refused_by_name() {
+        let mut config = CommonConfig::for_nats("nats://127.0.0.1:4222");
+        config.max_connections_per_ip = 0;
+        config.requests_per_ip_rate = 0;
+        config.requests_per_ip_burst = 0;
+        let err = config.validate().unwrap_err();
+        assert!(err.contains("SPOOL_MAX_CONNECTIONS_PER_IP must"), "{err}");
+        assert!(err.contains("SPOOL_REQUESTS_PER_IP_RATE must"), "{err}");
+        assert!(err.contains("SPOOL_REQUESTS_PER_IP_BURST must"), "{err}");
     }
 
     #[test]

@@ -16,8 +16,11 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
 
+use crate::client::{ConnectionsPerIp, RequestLimiter, TrustedProxies};
 use crate::health::Readiness;
+use crate::rate::Rate;
 use crate::write_stall::{Stalled, WriteStall};
 
 /// Pending connections the kernel queues: thousands of browsers reconnect at once after a
@@ -151,7 +154,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// How the server treats each connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     /// A connection whose writes make no progress for this long is closed at once: a
     /// client that stopped reading (its response, an SSE stream above all, would otherwise
@@ -164,6 +167,13 @@ pub struct ConnectionLimits {
     pub header_timeout: Duration,
     /// Open connections at most; one more is closed as soon as it is accepted.
     pub max_connections: usize,
+    /// Open connections per socket peer address (IPv6: per /64) at most; one more is
+    /// closed as soon as it is accepted. Trusted proxies are exempt.
+    pub max_connections_per_ip: usize,
+    /// Proxies whose `X-Forwarded-For` names the client (see [`crate::client`]).
+    pub trusted_proxies: TrustedProxies,
+    /// New API requests per client address: refused with `429` past this.
+    pub requests_per_ip: Rate,
 }
 
 impl Default for ConnectionLimits {
@@ -173,16 +183,24 @@ impl Default for ConnectionLimits {
             on_write_stall: || {},
             header_timeout: Duration::from_secs(10),
             max_connections: 20_000,
+            max_connections_per_ip: 512,
+            trusted_proxies: TrustedProxies::default(),
+            requests_per_ip: Rate::new(50, 200),
         }
     }
 }
 
 impl ConnectionLimits {
-    /// The defaults with the shared settings (`SPOOL_HEADER_TIMEOUT`, `SPOOL_MAX_CONNECTIONS`).
+    /// The defaults with the shared settings (`SPOOL_HEADER_TIMEOUT`,
+    /// `SPOOL_MAX_CONNECTIONS`, `SPOOL_MAX_CONNECTIONS_PER_IP`, `SPOOL_TRUSTED_PROXIES`,
+    /// `SPOOL_REQUESTS_PER_IP_RATE` and `_BURST`).
     pub fn from_config(config: &crate::config::CommonConfig) -> ConnectionLimits {
         ConnectionLimits {
             header_timeout: config.header_timeout,
             max_connections: config.max_connections,
+            max_connections_per_ip: config.max_connections_per_ip,
+            trusted_proxies: config.trusted_proxies.clone(),
+            requests_per_ip: Rate::new(config.requests_per_ip_rate, config.requests_per_ip_burst),
             ..ConnectionLimits::default()
         }
     }
@@ -199,7 +217,9 @@ const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
 /// token) and returns when all are closed. Bound the wait with a timeout of your own.
 ///
 /// The accept loop is ours rather than `axum::serve` so that every connection gets the
-/// [`ConnectionLimits`].
+/// [`ConnectionLimits`]. Each request carries its socket peer as
+/// `ConnectInfo<SocketAddr>` and the server's [`RequestLimiter`] as extensions; the
+/// middleware of [`finish_router`] limits API requests per client with them.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -208,6 +228,16 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let connections = TaskTracker::new();
     let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_ip = ConnectionsPerIp::new(limits.max_connections_per_ip);
+    let requests = Arc::new(RequestLimiter::new(
+        limits.trusted_proxies.clone(),
+        limits.requests_per_ip,
+    ));
+    let (write_stall, on_write_stall, header_timeout) = (
+        limits.write_stall,
+        limits.on_write_stall,
+        limits.header_timeout,
+    );
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -222,21 +252,45 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
         };
         let Ok(permit) = open.clone().try_acquire_owned() else {
-            metrics::counter!("http_server_connections_refused_total").increment(1);
+            metrics::counter!("http_server_connections_refused_total", "reason" => "process")
+                .increment(1);
             tracing::debug!(%peer, "connection limit reached; connection closed");
             drop(stream);
             continue;
         };
+        // A trusted proxy carries many clients: its connections count only for the process.
+        let per_ip_slot = if limits.trusted_proxies.contains(peer.ip()) {
+            None
+        } else {
+            match per_ip.try_open(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    metrics::counter!("http_server_connections_refused_total", "reason" => "per_ip")
+                        .increment(1);
+                    tracing::debug!(%peer, "connection limit per address reached; connection closed");
+                    drop(stream);
+                    continue;
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(WriteStall::new(stream, limits.write_stall));
-        let service = TowerToHyperService::new(router.clone());
+        let io = TokioIo::new(WriteStall::new(stream, write_stall));
+        let requests = requests.clone();
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                let extensions = request.extensions_mut();
+                extensions.insert(axum::extract::ConnectInfo(peer));
+                extensions.insert(requests.clone());
+                request
+            },
+        ));
         let shutdown = shutdown.clone();
         connections.spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, per_ip_slot);
             let connection = hyper::server::conn::http1::Builder::new()
                 .max_buf_size(MAX_CONNECTION_BUFFER)
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
+                .header_read_timeout(header_timeout)
                 .serve_connection(io, service);
             tokio::pin!(connection);
             let result = tokio::select! {
@@ -249,7 +303,7 @@ pub async fn serve(
             if let Err(e) = result {
                 if Stalled::caused(&e) {
                     tracing::info!(%peer, error = %e, "client stopped reading; connection closed");
-                    (limits.on_write_stall)();
+                    on_write_stall();
                 }
             }
         });
@@ -279,10 +333,12 @@ pub async fn serve_with_grace(
     }
 }
 
-/// Adds the server span and the request metric to a service's API routes, then the JSON
-/// 404/405 answers and the (untraced) operational routes.
+/// Adds the limit of requests per client address, the server span and the request metric
+/// to a service's API routes, then the JSON 404/405 answers and the (untraced, unlimited)
+/// operational routes.
 pub fn finish_router(router: Router, readiness: Readiness) -> Router {
     router
+        .route_layer(axum::middleware::from_fn(limit_requests))
         .route_layer(axum::middleware::from_fn(trace_request))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz).with_state(readiness))
@@ -295,6 +351,60 @@ pub fn finish_router(router: Router, readiness: Readiness) -> Router {
                 "this endpoint does not accept that method",
             )
         })
+}
+
+/// `429 rate_limited` with `Retry-After` when the request's client (see
+/// [`crate::client::client_addr`]) has no request left in its bucket. A request served
+/// without [`serve`] (no limiter among its extensions) is not limited.
+///
+/// An event-stream request (`Accept: text/event-stream`, as every `EventSource` sends) is
+/// answered instead as the delivery answers transient trouble: `200` with only a
+/// `retry:` of the wait, because a browser's `EventSource` gives up for good on any
+/// other status, and being limited is not for good.
+async fn limit_requests(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let limiter = request.extensions().get::<Arc<RequestLimiter>>();
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>();
+    if let (Some(limiter), Some(axum::extract::ConnectInfo(peer))) = (limiter, peer) {
+        let client = limiter.client(peer.ip(), request.headers());
+        if let Err(wait) = limiter.check(client, std::time::Instant::now()) {
+            metrics::counter!("http_server_requests_limited_total").increment(1);
+            let secs = crate::rate::retry_after_secs(wait);
+            tracing::debug!(%client, "request rate per address exceeded; answering 429");
+            if wants_event_stream(request.headers()) {
+                return (
+                    [
+                        (
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("text/event-stream"),
+                        ),
+                        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+                        (header::RETRY_AFTER, HeaderValue::from(secs)),
+                    ],
+                    format!("retry: {}\n\n", secs.saturating_mul(1000)),
+                )
+                    .into_response();
+            }
+            return ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many requests from this address: retry after {secs} s"),
+            )
+            .with_retry_after(secs)
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// The request asks for Server-Sent Events.
+fn wants_event_stream(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("text/event-stream"))
 }
 
 /// A server span per API request (OpenTelemetry HTTP semantic conventions), a child of the
@@ -412,6 +522,157 @@ mod tests {
         assert_eq!(fits, "HTTP/1.1 200 OK");
         let too_big = status_with_header_of(addr, MAX_CONNECTION_BUFFER * 2).await;
         assert_eq!(too_big, "HTTP/1.1 431 Request Header Fields Too Large");
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+    }
+
+    /// Serves `router` with `limits` on a loopback port.
+    async fn start(
+        router: Router,
+        limits: ConnectionLimits,
+    ) -> (
+        SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, router, shutdown.clone(), limits));
+        (addr, shutdown, server)
+    }
+
+    /// The whole answer to `GET path` with `headers` on a fresh connection.
+    async fn get_raw(addr: SocketAddr, path: &str, headers: &str) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\n{headers}connection: close\r\n\r\n");
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = socket.read_to_end(&mut answer).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    /// A router as [`finish_router`] builds it, without the readiness route.
+    fn limited_router() -> Router {
+        Router::new()
+            .route("/api", get(|| async { "ok" }))
+            .route_layer(axum::middleware::from_fn(limit_requests))
+            .route("/healthz", get(healthz))
+    }
+
+    #[tokio::test]
+    async fn api_requests_past_the_burst_get_429_with_retry_after() {
+        let limits = ConnectionLimits {
+            requests_per_ip: Rate::new(1, 2),
+            ..ConnectionLimits::default()
+        };
+        let (addr, shutdown, server) = start(limited_router(), limits).await;
+        assert!(get_raw(addr, "/api", "").await.starts_with("HTTP/1.1 200"));
+        assert!(get_raw(addr, "/api", "").await.starts_with("HTTP/1.1 200"));
+        let refused = get_raw(addr, "/api", "").await;
+        assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+        assert!(refused.contains("retry-after: 1\r\n"), "{refused}");
+        assert!(refused.contains(r#""code":"rate_limited""#), "{refused}");
+        // A forwarded address from an untrusted peer changes nothing.
+        let spoofed = get_raw(addr, "/api", "x-forwarded-for: 9.9.9.9\r\n").await;
+        assert!(spoofed.starts_with("HTTP/1.1 429"), "{spoofed}");
+        // An EventSource is told to come back (it gives up for good on a 4xx).
+        let stream = get_raw(addr, "/api", "accept: text/event-stream\r\n").await;
+        assert!(stream.starts_with("HTTP/1.1 200"), "{stream}");
+        assert!(
+            stream.contains("content-type: text/event-stream"),
+            "{stream}"
+        );
+        assert!(stream.contains("retry-after: 1\r\n"), "{stream}");
+        assert!(stream.ends_with("\r\n\r\nretry: 1000\n\n"), "{stream}");
+        // The operational routes are not limited.
+        for _ in 0..5 {
+            assert!(get_raw(addr, "/healthz", "")
+                .await
+                .starts_with("HTTP/1.1 200"));
+        }
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket() {
+        let limits = ConnectionLimits {
+            requests_per_ip: Rate::new(1, 1),
+            trusted_proxies: "127.0.0.1/32".parse().unwrap(),
+            ..ConnectionLimits::default()
+        };
+        let (addr, shutdown, server) = start(limited_router(), limits).await;
+        let alice = "x-forwarded-for: 203.0.113.1\r\n";
+        let bob = "x-forwarded-for: 6.6.6.6, 203.0.113.2\r\n";
+        assert!(get_raw(addr, "/api", alice)
+            .await
+            .starts_with("HTTP/1.1 200"));
+        assert!(get_raw(addr, "/api", alice)
+            .await
+            .starts_with("HTTP/1.1 429"));
+        assert!(get_raw(addr, "/api", bob).await.starts_with("HTTP/1.1 200"));
+        assert!(get_raw(addr, "/api", bob).await.starts_with("HTTP/1.1 429"));
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+    }
+
+    /// Opens a connection and sends a request on it: `Some(stream)` if it was answered
+    /// (kept open), `None` if the server closed it unanswered.
+    async fn hold(addr: SocketAddr) -> Option<tokio::net::TcpStream> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = socket
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await;
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => Some(socket),
+            Ok(_) => None,
+            Err(_) => panic!("neither answered nor closed within 5 s"),
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_per_address_are_capped_unless_the_peer_is_a_trusted_proxy() {
+        let limits = ConnectionLimits {
+            max_connections_per_ip: 2,
+            ..ConnectionLimits::default()
+        };
+        let (addr, shutdown, server) = start(limited_router(), limits).await;
+        let first = hold(addr).await.expect("first served");
+        let _second = hold(addr).await.expect("second served");
+        assert!(hold(addr).await.is_none(), "a third connection was served");
+        drop(first);
+        // Served again once the server has seen the first one close.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let _third = loop {
+            if let Some(stream) = hold(addr).await {
+                break stream;
+            }
+            assert!(std::time::Instant::now() < deadline, "never served again");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+
+        let limits = ConnectionLimits {
+            max_connections_per_ip: 2,
+            trusted_proxies: "127.0.0.0/8".parse().unwrap(),
+            ..ConnectionLimits::default()
+        };
+        let (addr, shutdown, server) = start(limited_router(), limits).await;
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            held.push(
+                hold(addr)
+                    .await
+                    .expect("a trusted proxy's connection served"),
+            );
+        }
+        drop(held);
         shutdown.cancel();
         server.await.unwrap().unwrap();
     }

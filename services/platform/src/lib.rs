@@ -3,11 +3,14 @@
 //! the HTTP plumbing (errors, serving, health and metrics).
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod config;
 pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod nats;
+pub mod range;
+pub mod rate;
 pub mod registry;
 pub mod shutdown;
 pub mod telemetry;

@@ -6,6 +6,8 @@ use std::time::Duration;
 use clap::Parser;
 use spool_platform::config::CommonConfig;
 
+use crate::destination::{self, DestinationPolicy};
+
 /// Calls each site's revalidation webhooks for every change.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "spool-revalidator", version)]
@@ -58,6 +60,13 @@ pub struct RevalidatorConfig {
     /// dead-lettered.
     #[arg(long, env = "SPOOL_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h", value_parser = crate::retry::RetryPolicy::parse_schedule)]
     pub retry_schedule: std::vec::Vec<Duration>,
+
+    /// Networks a revalidation target may be on besides the public internet: comma-separated
+    /// CIDRs (`10.0.0.0/8,fd00::/8`) or addresses. Empty (the default): public addresses
+    /// only — loopback, private, link-local (the cloud metadata address), carrier-grade NAT,
+    /// unique-local, multicast, documentation and other special ranges are refused.
+    #[arg(long, env = "SPOOL_ALLOWED_TARGET_NETWORKS", default_value = "")]
+    pub allowed_target_networks: String,
 }
 
 impl RevalidatorConfig {
@@ -75,7 +84,14 @@ impl RevalidatorConfig {
             coalesce_window: Duration::from_millis(100),
             coalesce_max: 500,
             retry_schedule: crate::retry::RetryPolicy::default().schedule,
+            allowed_target_networks: String::new(),
         }
+    }
+
+    /// Where revalidation calls may connect (`SPOOL_ALLOWED_TARGET_NETWORKS`); the error
+    /// names the setting and every bad entry.
+    pub fn target_policy(&self) -> Result<DestinationPolicy, String> {
+        destination::parse_networks(&self.allowed_target_networks).map(DestinationPolicy::allowing)
     }
 }
 
@@ -109,6 +125,9 @@ impl RevalidatorConfig {
         }
         if self.call_timeout.is_zero() {
             problems.push("SPOOL_CALL_TIMEOUT must be more than 0".to_string());
+        }
+        if let Err(problem) = self.target_policy() {
+            problems.push(problem);
         }
         if problems.is_empty() {
             Ok(())
@@ -157,5 +176,41 @@ mod tests {
         );
         assert!(err.contains("at most SPOOL_MAX_ACK_PENDING (50)"), "{err}");
         assert!(err.contains("SPOOL_TARGET_CONCURRENCY"), "{err}");
+    }
+
+    #[test]
+    fn allowed_target_networks_default_to_none_and_bad_ones_are_named() {
+        let parsed = RevalidatorConfig::try_parse_from(["x"]).unwrap();
+        assert_eq!(parsed.allowed_target_networks, "");
+        assert_eq!(
+            parsed.target_policy().unwrap(),
+            DestinationPolicy::public_only()
+        );
+        let built = RevalidatorConfig::new(parsed.common.clone(), parsed.listen);
+        assert_eq!(
+            built.allowed_target_networks,
+            parsed.allowed_target_networks
+        );
+
+        let parsed = RevalidatorConfig::try_parse_from([
+            "x",
+            "--allowed-target-networks",
+            "127.0.0.0/8,::1/128",
+        ])
+        .unwrap();
+        parsed.validate().unwrap();
+        assert_eq!(parsed.target_policy().unwrap().allowed().len(), 2);
+
+        let bad = RevalidatorConfig::try_parse_from([
+            "x",
+            "--allowed-target-networks",
+            "10.0.0.0/8,intranet",
+        ])
+        .unwrap();
+        let err = bad.validate().unwrap_err();
+        assert!(
+            err.contains("SPOOL_ALLOWED_TARGET_NETWORKS: \"intranet\" is not a network"),
+            "{err}"
+        );
     }
 }

@@ -13,8 +13,14 @@ use spool_proto::{Event, SiteId};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub site: SiteId,
-    /// The target's URL (its secret is never stored here).
+    /// The target's URL without credentials ([`crate::redact::redact_url`]: no userinfo,
+    /// query values `REDACTED`); its secret is never stored here.
     pub url: String,
+    /// The target's key ([`crate::retries::target_key`]: a hash of the site and the full
+    /// URL), by which replay finds the target. Absent in records of older versions, which
+    /// kept the full URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_key: Option<String>,
     pub reason: Reason,
     /// The `webhook-id` of the failed call.
     pub webhook_id: String,
@@ -34,6 +40,9 @@ pub enum Reason {
     PermanentStatus,
     /// Every attempt of the retry schedule failed.
     RetriesExhausted,
+    /// The target's address is not public and not in `SPOOL_ALLOWED_TARGET_NETWORKS`:
+    /// nothing was sent.
+    TargetNotAllowed,
     /// The stored event could not be decoded (counted; there is no record to keep).
     Undecodable,
     /// A reason written by a newer version.
@@ -47,8 +56,19 @@ impl Reason {
         match self {
             Reason::PermanentStatus => "permanent_status",
             Reason::RetriesExhausted => "retries_exhausted",
+            Reason::TargetNotAllowed => "target_not_allowed",
             Reason::Undecodable => "undecodable",
             Reason::Other => "other",
+        }
+    }
+}
+
+impl DeadLetter {
+    /// Whether `url` is the URL of this record's target (the full URL, as the site has it).
+    pub fn is_for(&self, url: &str) -> bool {
+        match &self.target_key {
+            Some(key) => *key == crate::retries::target_key(&self.site, url),
+            None => self.url == url,
         }
     }
 }
@@ -65,10 +85,13 @@ pub struct StoredDeadLetter {
 /// and acking writes it once.
 pub async fn write(js: &jetstream::Context, record: &DeadLetter) -> anyhow::Result<()> {
     let mut headers = async_nats::HeaderMap::new();
-    let url_id = crate::dispatch::call_id(&record.site, &record.url, &[]);
+    let target = record
+        .target_key
+        .clone()
+        .unwrap_or_else(|| crate::dispatch::call_id(&record.site, &record.url, &[]));
     headers.insert(
         MSG_ID_HEADER,
-        format!("{}:{}:{url_id}", record.site, record.event.seq).as_str(),
+        format!("{}:{}:{target}", record.site, record.event.seq).as_str(),
     );
     let payload = Bytes::from(serde_json::to_vec(record)?);
     js.publish_with_headers(dlq_subject(&record.site), headers, payload)

@@ -5,11 +5,13 @@
 
 pub mod config;
 pub mod consumer;
+pub mod destination;
 pub mod dispatch;
 pub mod dlq;
 pub mod error;
 pub mod lane;
 pub mod pauses;
+pub mod redact;
 pub mod retries;
 pub mod retry;
 pub mod routes;
@@ -52,9 +54,15 @@ impl Application {
         let port = listener.local_addr()?.port();
         let platform =
             Platform::start(config.common.clone(), "spool-revalidator", shutdown.clone()).await?;
+        let policy = config
+            .target_policy()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        if !policy.allowed().is_empty() {
+            tracing::info!(networks = ?policy.allowed(), "revalidation targets may also be on these networks (SPOOL_ALLOWED_TARGET_NETWORKS)");
+        }
         let worker = worker::Worker::new(
             platform.clone(),
-            dispatch::Dispatcher::new(config.call_timeout)?,
+            dispatch::Dispatcher::new(config.call_timeout, policy)?,
             worker::Settings::from_config(&config),
         );
         let consumer = consumer::ConsumerSettings {

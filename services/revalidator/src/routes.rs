@@ -111,7 +111,7 @@ async fn replay(
         .and_then(|site| {
             site.revalidate
                 .iter()
-                .find(|t| t.url == record.url)
+                .find(|t| record.is_for(&t.url))
                 .cloned()
         })
         .ok_or_else(|| RevalidatorError::TargetGone {

@@ -26,6 +26,7 @@ use crate::dispatch::{call_id, CallResult, Dispatcher};
 use crate::dlq::{self, DeadLetter, Reason};
 use crate::lane::{Action, Batch, CallEnd, LaneCore, LaneSettings, Parked, Ticket, Work};
 use crate::pauses::{self, Pause, Pauses};
+use crate::redact::redact_url;
 use crate::retries::{self, RetryRecord};
 use crate::retry::{Outcome, RetryPolicy};
 
@@ -308,7 +309,7 @@ impl Worker {
             .find(|t| t.url == record.url)
             .cloned()
         else {
-            tracing::warn!(site = %record.site, url = %record.url, webhook_id = %record.webhook_id,
+            tracing::warn!(site = %record.site, url = %redact_url(&record.url), webhook_id = %record.webhook_id,
                 "the site no longer has this target; its retry is dropped");
             metrics::counter!("spool_revalidator_retries_dropped_total", "reason" => "target_removed").increment(1);
             let _ = message.double_ack().await;
@@ -454,7 +455,7 @@ impl Worker {
                     });
                     let shared = if lane.paused_until(Instant::now()).is_some() {
                         let pause = due.saturating_duration_since(Instant::now());
-                        tracing::info!(site = %key.0, url = %key.1, failures = lane.failures(),
+                        tracing::info!(site = %key.0, url = %redact_url(&key.1), failures = lane.failures(),
                             ?pause, "target paused");
                         let until_ms = pauses::now_ms()
                             .saturating_add(i64::try_from(pause.as_millis()).unwrap_or(i64::MAX));
@@ -545,7 +546,7 @@ impl Worker {
             otel.kind = "client",
             otel.status_code = tracing::field::Empty,
             http.request.method = "POST",
-            url.full = %target.url,
+            url.full = %redact_url(&target.url),
             http.response.status_code = tracing::field::Empty,
             spool.site = %site,
             spool.events = events.len(),
@@ -591,14 +592,13 @@ impl Worker {
         let settled = match &result.outcome {
             Outcome::Delivered => true,
             Outcome::Permanent => {
-                self.dead_letter(
-                    &batch,
-                    &webhook_id,
-                    attempt,
-                    &result,
-                    Reason::PermanentStatus,
-                )
-                .await
+                let reason = if result.not_allowed {
+                    Reason::TargetNotAllowed
+                } else {
+                    Reason::PermanentStatus
+                };
+                self.dead_letter(&batch, &webhook_id, attempt, &result, reason)
+                    .await
             }
             Outcome::Retryable { retry_after }
                 if self.settings.policy.allows_retry_after(attempt) =>
@@ -661,6 +661,7 @@ impl Worker {
                     "not called: the target is paused after failing ({})",
                     record.last_error.as_deref().unwrap_or("no answer")
                 )),
+                not_allowed: false,
             };
             if !self.settings.policy.allows_retry_after(attempt) {
                 let settled = self
@@ -736,7 +737,8 @@ impl Worker {
             .iter()
             .map(|event| DeadLetter {
                 site: record.site.clone(),
-                url: record.url.clone(),
+                url: redact_url(&record.url),
+                target_key: Some(retries::target_key(&record.site, &record.url)),
                 reason,
                 webhook_id: webhook_id.to_owned(),
                 attempts: attempt,
@@ -803,6 +805,7 @@ fn empty_report(batch: LaneBatch) -> CallReport {
             outcome: Outcome::Delivered,
             status: None,
             error: None,
+            not_allowed: false,
         },
     }
 }

@@ -25,19 +25,31 @@ pub fn site(state: &AppState, site: String) -> Result<Arc<Site>, DeliveryError> 
     }
 }
 
+const TOKEN_REQUIRED: &str =
+    "a read token is required: Authorization: Bearer <token> or ?token=<token>";
+const TOKEN_REFUSED: &str = "this token can't read this site";
+
 /// A read token from `Authorization: Bearer` or `?token=`, unless the site is public.
 pub fn authorize(site: &Site, headers: &HeaderMap, params: &Params) -> Result<(), DeliveryError> {
     if site.public {
         return Ok(());
     }
     match bearer_token(headers).or(params.token()) {
-        None => Err(DeliveryError::Unauthorized(
-            "a read token is required: Authorization: Bearer <token> or ?token=<token>",
-        )),
+        None => Err(DeliveryError::Unauthorized(TOKEN_REQUIRED)),
         Some(token) if site.accepts_read_token(token) => Ok(()),
-        Some(_) => Err(DeliveryError::Unauthorized(
-            "this token can't read this site",
-        )),
+        Some(_) => Err(DeliveryError::Unauthorized(TOKEN_REFUSED)),
+    }
+}
+
+/// A reader is refused an unknown site exactly as a private site refuses the same
+/// credentials (`401`, same message), so that nobody can tell which sites exist by asking.
+pub fn hide_unknown(error: DeliveryError, headers: &HeaderMap, params: &Params) -> DeliveryError {
+    match error {
+        DeliveryError::UnknownSite(_) => match bearer_token(headers).or(params.token()) {
+            None => DeliveryError::Unauthorized(TOKEN_REQUIRED),
+            Some(_) => DeliveryError::Unauthorized(TOKEN_REFUSED),
+        },
+        other => other,
     }
 }
 
@@ -102,16 +114,21 @@ pub async fn preflight(
     axum::extract::Path(site_param): axum::extract::Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let site = match site(&state, site_param) {
-        Ok(site) => site,
-        Err(e) => return e.into_response(),
-    };
-    let Some(origin) = allowed_origin(&site, &headers) else {
+    let refused = || {
         let origin = headers
             .get(header::ORIGIN)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        return DeliveryError::OriginNotAllowed(origin.to_owned()).into_response();
+        DeliveryError::OriginNotAllowed(origin.to_owned()).into_response()
+    };
+    let site = match site(&state, site_param) {
+        Ok(site) => site,
+        // Refused as a site that doesn't list the origin: no telling which sites exist.
+        Err(DeliveryError::UnknownSite(_)) => return refused(),
+        Err(e) => return e.into_response(),
+    };
+    let Some(origin) = allowed_origin(&site, &headers) else {
+        return refused();
     };
     let response = (
         StatusCode::NO_CONTENT,

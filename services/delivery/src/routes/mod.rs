@@ -5,7 +5,8 @@ pub mod params;
 mod poll;
 mod sse;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::http::Method;
@@ -35,6 +36,10 @@ pub const ROUTES: &[(Method, &str)] = &[
 pub struct StreamSettings {
     pub heartbeat: Duration,
     pub retry: Duration,
+    /// How long a reader turned away by the history-read limits is asked to wait.
+    pub busy_retry: Duration,
+    /// Longest life of one stream (each is drawn between 3/4 of this and this).
+    pub max_lifetime: Duration,
 }
 
 #[derive(Clone)]
@@ -43,6 +48,59 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub history: History,
     pub settings: Arc<StreamSettings>,
+    pub streams: Arc<SiteStreams>,
+}
+
+/// Open SSE streams per site, capped: one site can't take every connection of the process.
+#[derive(Debug)]
+pub struct SiteStreams {
+    cap: usize,
+    open: Mutex<HashMap<String, usize>>,
+}
+
+impl SiteStreams {
+    pub fn new(cap: usize) -> SiteStreams {
+        SiteStreams {
+            cap: cap.max(1),
+            open: Mutex::default(),
+        }
+    }
+
+    /// A place for one more stream of `site`, held until dropped; `None` at the cap.
+    pub(crate) fn open(self: &Arc<Self>, site: &str) -> Option<SiteStream> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(site.to_owned()).or_insert(0);
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(SiteStream {
+            streams: self.clone(),
+            site: site.to_owned(),
+        })
+    }
+}
+
+/// One open stream's place in [`SiteStreams`].
+pub(crate) struct SiteStream {
+    streams: Arc<SiteStreams>,
+    site: String,
+}
+
+impl Drop for SiteStream {
+    fn drop(&mut self) {
+        let mut open = self
+            .streams
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.site) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.site);
+            }
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {

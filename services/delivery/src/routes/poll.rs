@@ -15,6 +15,7 @@ use super::params::Params;
 use super::{AppState, OpenConnection};
 use crate::catchup::{catch_up, CatchUp};
 use crate::error::DeliveryError;
+use crate::history::HistoryError;
 use crate::window::Filter;
 
 pub async fn poll(
@@ -26,7 +27,10 @@ pub async fn poll(
     let params = Params::parse(query.as_deref());
     let site = match access::site(&state, site) {
         Ok(site) => site,
-        Err(e) => return with_cors(e.into_response(), None),
+        Err(e) => {
+            let e = access::hide_unknown(e, &headers, &params);
+            return with_cors(e.into_response(), None);
+        }
     };
     let origin = access::allowed_origin(&site, &headers);
     let response = match answer(&state, &site, &headers, &params).await {
@@ -67,23 +71,32 @@ async fn answer(
     };
     // Subscribed before looking, so an event landing in between wakes the wait.
     let mut live = (!wait.is_zero()).then(|| state.hub.subscribe(&filter.site));
-    let unavailable = |e: crate::history::HistoryError| DeliveryError::Unavailable(e.to_string());
+    let refused = |e| history_refusal(state, e);
     let mut found = catch_up(&state.hub, &state.history, &filter, since, limit)
         .await
-        .map_err(unavailable)?;
+        .map_err(refused)?;
     if let Some(live) = live.as_mut() {
         if found.events.is_empty()
             && found.reset.is_none()
-            && wait_for(state, live, &filter, since, wait).await
+            && found.complete
+            && wait_for(state, live, &filter, found.cursor, wait).await
         {
-            found = catch_up(&state.hub, &state.history, &filter, since, limit)
+            found = catch_up(&state.hub, &state.history, &filter, found.cursor, limit)
                 .await
-                .map_err(unavailable)?;
+                .map_err(refused)?;
         }
     }
     metrics::counter!("spool_delivery_events_delivered_total", "kind" => "poll")
         .increment(found.events.len() as u64);
     Ok(page(&found))
+}
+
+/// A history read that failed or was turned away, as the poll's answer.
+fn history_refusal(state: &AppState, error: HistoryError) -> DeliveryError {
+    match error {
+        HistoryError::Busy => DeliveryError::Busy(state.settings.busy_retry),
+        HistoryError::Failed(e) => DeliveryError::Unavailable(e),
+    }
 }
 
 /// Waits until an event the filter wants arrives after `since`; false on timeout or shutdown.

@@ -26,7 +26,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 
 use super::access::{self, with_cors};
 use super::params::{last_event_id, stream_cursor, Params};
-use super::{AppState, OpenConnection};
+use super::{AppState, OpenConnection, SiteStream};
 use crate::catchup::{catch_up, CatchUp};
 use crate::error::DeliveryError;
 use crate::frames::{self, FeedEvent};
@@ -50,7 +50,7 @@ pub async fn stream(
     let params = Params::parse(query.as_deref());
     let site = match access::site(&state, site) {
         Ok(site) => site,
-        Err(e) => return refuse(&state, e, None),
+        Err(e) => return refuse(&state, access::hide_unknown(e, &headers, &params), None),
     };
     let origin = access::allowed_origin(&site, &headers);
     let start = access::authorize(&site, &headers, &params).and_then(|()| {
@@ -73,12 +73,18 @@ pub async fn stream(
         Ok(start) => start,
         Err(e) => return refuse(&state, e, origin),
     };
+    let Some(slot) = state.streams.open(&filter.site) else {
+        metrics::counter!("spool_delivery_streams_refused_total", "reason" => "site_limit")
+            .increment(1);
+        let goaway = frames::goaway("site_stream_limit", spread(state.settings.busy_retry));
+        return with_cors(sse_response(Body::from(goaway)), origin);
+    };
     let revoked = Box::pin(access::revoked(
         &state,
         site.id.clone(),
         access::presented_token(&headers, &params),
     ));
-    let session = Session::start(&state, filter, cursor, revoked);
+    let session = Session::start(&state, filter, cursor, revoked, slot);
     with_cors(sse_response(Body::from_stream(session)), origin)
 }
 
@@ -106,7 +112,10 @@ fn sse_response(body: Body) -> Response {
 fn refuse(state: &AppState, error: DeliveryError, origin: Option<HeaderValue>) -> Response {
     let response = if error.is_transient() {
         tracing::debug!(reason = %error, "SSE request told to retry");
-        let retry = frames::retry(millis(state.settings.retry));
+        let retry = match error {
+            DeliveryError::Busy(after) => busy_retry(after),
+            _ => frames::retry(millis(state.settings.retry)),
+        };
         sse_response(Body::from(retry))
     } else {
         error.into_response()
@@ -116,6 +125,33 @@ fn refuse(state: &AppState, error: DeliveryError, origin: Option<HeaderValue>) -
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A random number (from the standard library's per-map random keys: no generator to
+/// seed or share).
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
+/// How long a client turned away is asked to wait, in ms: `after`, and up to half as long
+/// again at random, so that the clients turned away together don't all come back together.
+fn spread(after: Duration) -> u64 {
+    let base = millis(after);
+    base.saturating_add(random() % (base / 2 + 1))
+}
+
+/// The `retry:` for a client turned away because the process is busy.
+fn busy_retry(after: Duration) -> Bytes {
+    frames::retry(spread(after))
+}
+
+/// A stream's life: between three quarters of `max` and `max`, at random.
+fn lifetime(max: Duration) -> Duration {
+    let max = millis(max);
+    Duration::from_millis(max - random() % (max / 4 + 1))
 }
 
 /// A catch-up page being read (from the window, or from JetStream).
@@ -129,6 +165,16 @@ struct Session {
     filter: Filter,
     /// The last sequence sent (or skipped as not the client's).
     cursor: u64,
+    /// The last `id:` the client was sent: when the cursor moves past it without an event
+    /// of the client's, an `event: position` tells it.
+    sent_id: u64,
+    /// Turned away (too many history reads): the stream ends once `queued` is sent.
+    ending: bool,
+    /// The feed's last sequence when the heartbeat came, while caught up: once the live
+    /// channel is read empty, every event of the site up to it has been seen, and the
+    /// cursor moves there (a quiet site's clients resume from the window after a deploy).
+    at_end: Option<u64>,
+    busy_retry: Duration,
     live: LiveReceiver<Arc<FeedEvent>>,
     /// Frames ready to send before anything else (`ready`, a catch-up page).
     queued: VecDeque<Bytes>,
@@ -137,8 +183,12 @@ struct Session {
     /// Resolves once this reader may no longer read the site (token rotated, site private
     /// or deleted): the stream ends at once.
     revoked: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// The end of this stream's life (`SPOOL_MAX_STREAM_LIFETIME`): it ends, and its client
+    /// resumes from its last id.
+    expires: Pin<Box<tokio::time::Sleep>>,
     delivered: metrics::Counter,
     _open: OpenConnection,
+    _slot: SiteStream,
 }
 
 impl Session {
@@ -149,6 +199,7 @@ impl Session {
         filter: Filter,
         cursor: Option<u64>,
         revoked: Pin<Box<dyn Future<Output = ()> + Send>>,
+        slot: SiteStream,
     ) -> Session {
         let settings = &state.settings;
         let live = state.hub.subscribe(&filter.site);
@@ -157,18 +208,25 @@ impl Session {
             settings.heartbeat,
         );
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let start = cursor.unwrap_or(live.last_seq);
         let mut session = Session {
             hub: state.hub.clone(),
             history: state.history.clone(),
             filter,
-            cursor: cursor.unwrap_or(live.last_seq),
+            cursor: start,
+            sent_id: start,
+            ending: false,
+            at_end: None,
+            busy_retry: settings.busy_retry,
             live: LiveReceiver::new(live.events),
-            queued: VecDeque::from([frames::ready(millis(settings.retry), live.last_seq)]),
+            queued: VecDeque::from([frames::ready(millis(settings.retry), start, live.last_seq)]),
             fetching: None,
             heartbeat,
             revoked,
+            expires: Box::pin(tokio::time::sleep(lifetime(settings.max_lifetime))),
             delivered: metrics::counter!("spool_delivery_events_delivered_total", "kind" => "sse"),
             _open: OpenConnection::new("sse"),
+            _slot: slot,
         };
         if cursor.is_some() {
             session.fetch();
@@ -191,6 +249,7 @@ impl Session {
     /// by sequence whatever the catch-up also returns.
     fn recover(&mut self) {
         metrics::counter!("spool_delivery_streams_lagged_total").increment(1);
+        self.at_end = None;
         let live = self.hub.subscribe(&self.filter.site);
         self.live = LiveReceiver::new(live.events);
         self.fetch();
@@ -204,9 +263,22 @@ impl Session {
         self.delivered.increment(page.events.len() as u64);
         self.queued
             .extend(page.events.iter().map(|event| event.frame()));
+        if let Some(last) = page.events.last() {
+            self.sent_id = last.seq;
+        }
         self.cursor = page.cursor;
-        if !page.complete {
+        if page.complete {
+            self.tell_position();
+        } else {
             self.fetch();
+        }
+    }
+
+    /// Queues `event: position` if the cursor moved past the last id the client has.
+    fn tell_position(&mut self) {
+        if self.cursor > self.sent_id {
+            self.sent_id = self.cursor;
+            self.queued.push_back(frames::position(self.cursor));
         }
     }
 
@@ -218,10 +290,14 @@ impl Session {
             let live = std::task::ready!(self.live.poll_recv(cx));
             if let Recv::Item(event) = &live {
                 // The site's channel carries only the site's events.
-                if event.seq <= self.cursor || !self.filter.wants_collection(event) {
+                if event.seq <= self.cursor {
                     continue;
                 }
                 self.cursor = event.seq;
+                if !self.filter.wants_collection(event) {
+                    continue;
+                }
+                self.sent_id = event.seq;
             }
             return Poll::Ready(live);
         }
@@ -313,9 +389,16 @@ impl Stream for Session {
             tracing::info!(site = %this.filter.site, "access revoked; SSE stream ended");
             return Poll::Ready(None);
         }
+        if this.expires.as_mut().poll(cx).is_ready() {
+            metrics::counter!("spool_delivery_streams_expired_total").increment(1);
+            return Poll::Ready(None);
+        }
         loop {
             if let Some(chunk) = take_chunk(&mut this.queued) {
                 return Poll::Ready(Some(Ok(chunk)));
+            }
+            if this.ending {
+                return Poll::Ready(None);
             }
             if let Some(fetching) = this.fetching.as_mut() {
                 match fetching.as_mut().poll(cx) {
@@ -323,6 +406,12 @@ impl Stream for Session {
                     Poll::Ready(Ok(page)) => {
                         this.fetching = None;
                         this.take_page(page);
+                    }
+                    Poll::Ready(Err(HistoryError::Busy)) => {
+                        // Comes back later, from what it was sent.
+                        this.fetching = None;
+                        this.ending = true;
+                        this.queued.push_back(busy_retry(this.busy_retry));
                     }
                     Poll::Ready(Err(e)) => {
                         tracing::warn!(site = %this.filter.site, reason = %e, "SSE stream ended; the client will resume");
@@ -345,8 +434,16 @@ impl Stream for Session {
                 Poll::Ready(Recv::Closed) => return Poll::Ready(None),
                 Poll::Pending => {}
             }
+            if let Some(end) = this.at_end.take() {
+                // Read after `end` was taken: nothing of the site up to it is left unread.
+                this.cursor = this.cursor.max(end);
+                this.tell_position();
+                continue;
+            }
             if this.heartbeat.poll_tick(cx).is_ready() {
-                return Poll::Ready(Some(Ok(frames::ping())));
+                this.at_end = Some(this.hub.last_seq());
+                this.queued.push_back(frames::ping());
+                continue;
             }
             return Poll::Pending;
         }

@@ -13,6 +13,7 @@ use spool_platform::config::Secret;
 use spool_platform::Platform;
 
 use crate::error::IngestError;
+use crate::limits::SiteLimits;
 use crate::publish::Publisher;
 
 pub const WEBHOOKS: &str = "/v1/sites/{site}/webhooks";
@@ -37,6 +38,8 @@ pub struct AppState {
     pub publisher: Publisher,
     pub admin_token: Option<Arc<Secret>>,
     pub webhook_tolerance: Duration,
+    /// The webhook rate per site, spent after the signature check.
+    pub webhook_limits: Arc<SiteLimits>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+use spool_platform::rate::retry_after_secs;
 use spool_proto::signing::{SigningKey, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use spool_proto::{mapping, SiteId, WebhookPayload};
 use time::OffsetDateTime;
@@ -79,6 +80,16 @@ async fn handle(
         tolerance,
     )
     .map_err(|e| IngestError::Unauthorized(e.to_string()))?;
+    // Signed by the site's secret: now, and only now, the webhook counts against the
+    // site's rate (an unsigned flood must not spend it).
+    if let Err(wait) = state.webhook_limits.check(site.id.as_str(), Instant::now()) {
+        metrics::counter!("spool_ingest_webhooks_limited_total", "site" => site.id.to_string())
+            .increment(1);
+        return Err(IngestError::RateLimited {
+            site: site.id.to_string(),
+            retry_after_secs: retry_after_secs(wait),
+        });
+    }
     // Verified, so the id header is present and well-formed.
     let webhook_id = header(ID_HEADER).unwrap_or_default().to_owned();
 

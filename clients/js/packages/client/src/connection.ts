@@ -11,14 +11,14 @@ import type {
   StatusInfo,
   Transport,
 } from "./types.js";
-import { type Endpoint, pollUrl, streamUrl } from "./urls.js";
+import { authHeaders, type Endpoint, pollUrl, streamUrl } from "./urls.js";
 
 /** What a connection reports; the subscription (or the tab-sharing leader) decides what to do. */
 export interface ConnectionHandlers {
   event(event: SpoolEvent): void;
   reset(reset: ResetInfo): void;
   status(status: Status, info: StatusInfo): void;
-  /** The cursor moved without an event (`ready`'s `last_seq`, a poll's `next`, a reset). */
+  /** The cursor moved without an event (`ready`'s `last_seq`, `position`, a poll's `next`, a reset). */
   cursor(seq: number | undefined): void;
 }
 
@@ -203,6 +203,34 @@ export class Connection {
       if (!attempt.ready) this.onReady(attempt, undefined);
       this.deliver(parse((ev as MessageEvent).data));
     });
+    source.addEventListener("goaway", () => {
+      // The site has as many streams open on this server as it may: long-poll instead,
+      // and try SSE again later, as when SSE is blocked.
+      if (attempt.done) return;
+      this.finish(attempt);
+      if (attempt === this.probe) {
+        this.probe = undefined;
+        this.scheduleProbe();
+        return;
+      }
+      if (attempt !== this.sse || this.closed) return;
+      this.sse = undefined;
+      if (this.cfg.transport === "sse") {
+        this.retry("sse", { message: "the server has too many streams of this site" }, () => void this.openSse(false));
+      } else {
+        this.startPolling();
+      }
+    });
+    source.addEventListener("position", (ev) => {
+      // Caught up to `seq` though our last event is older (other sites wrote since): a
+      // reconnection resumes from there, which the server still holds in memory.
+      const seq = (parse((ev as MessageEvent).data) as { seq?: unknown } | undefined)?.seq;
+      if (attempt.done || typeof seq !== "number") return;
+      if (this.cursor === undefined || seq > this.cursor) {
+        this.cursor = seq;
+        this.on.cursor(seq);
+      }
+    });
     source.addEventListener("reset", (ev) => {
       const reset = parse((ev as MessageEvent).data) as ResetInfo | undefined;
       if (!attempt.done && reset && typeof reset.reason === "string") this.applyReset(reset, attempt.lastSeq);
@@ -303,7 +331,7 @@ export class Connection {
       try {
         const response = await this.cfg.fetch(url, {
           signal: request.signal,
-          headers: { accept: "application/json" },
+          headers: { accept: "application/json", ...authHeaders(this.cfg) },
           cache: "no-store",
         });
         if (!response.ok) return await httpError(response);

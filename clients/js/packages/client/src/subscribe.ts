@@ -8,7 +8,7 @@ import type {
   SubscribeOptions,
   Unsubscribe,
 } from "./types.js";
-import { pollUrl } from "./urls.js";
+import { authHeaders, pollUrl } from "./urls.js";
 
 let nodeEventSource: Promise<EventSourceConstructor> | undefined;
 
@@ -119,7 +119,7 @@ export function subscribe(options: SubscribeOptions): Unsubscribe {
       connect,
       page: async (since) => {
         const response = await fetchImpl(pollUrl(config, since, { limit: 1000, wait: 0 }), {
-          headers: { accept: "application/json" },
+          headers: { accept: "application/json", ...authHeaders(config) },
           cache: "no-store",
         });
         if (!response.ok) throw new Error(`HTTP ${response.status}`);
