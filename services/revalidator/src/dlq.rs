@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use bytes::Bytes;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use spool_platform::range::Range;
 use spool_proto::names::{dlq_subject, DLQ_STREAM, DLQ_SUBJECTS, MSG_ID_HEADER};
 use spool_proto::{Event, SiteId};
 
@@ -106,55 +106,41 @@ pub async fn write(js: &jetstream::Context, record: &DeadLetter) -> anyhow::Resu
 /// How long listing may take before the admin is told to come back.
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Up to `limit` dead letters (of one site, or all), oldest first.
-///
-/// One short-lived ordered consumer filtered on the site's subject (or every DLQ subject)
-/// reads them in batches: a site's records cost what they are, not a scan of the whole
-/// DLQ, and listing stops at `limit`.
+/// Most bytes of records one listing returns (a record can be 1 MiB): fewer than `limit`
+/// records come back when they are that large.
+const LIST_BYTES: usize = 16 * 1024 * 1024;
+
+/// Up to `limit` dead letters (of one site, or all), oldest first, read with batched direct
+/// gets on the site's subject (or every DLQ subject): a site's records cost what they are,
+/// not a scan of the whole DLQ, and no consumer is created.
 pub async fn list(
-    js: &jetstream::Context,
+    client: &async_nats::Client,
     site: Option<&SiteId>,
     limit: usize,
 ) -> anyhow::Result<Vec<StoredDeadLetter>> {
     let filter = site.map_or_else(|| DLQ_SUBJECTS.to_owned(), dlq_subject);
-    tokio::time::timeout(LIST_TIMEOUT, read(js, filter, limit))
-        .await
-        .map_err(|_| anyhow::anyhow!("listing dead letters took over {LIST_TIMEOUT:?}"))?
-}
-
-async fn read(
-    js: &jetstream::Context,
-    filter: String,
-    limit: usize,
-) -> anyhow::Result<Vec<StoredDeadLetter>> {
-    let mut out = Vec::new();
-    if limit == 0 {
-        return Ok(out);
-    }
-    let stream = js.get_stream(DLQ_STREAM).await?;
-    let mut consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: filter,
-            ..Default::default()
+    let range = Range {
+        stream: DLQ_STREAM,
+        filter: &filter,
+        after: 0,
+        max_messages: limit,
+        max_bytes: LIST_BYTES,
+    };
+    let found = spool_platform::range::read(client, range, LIST_TIMEOUT).await?;
+    Ok(found
+        .messages
+        .into_iter()
+        .filter_map(|m| match serde_json::from_slice(&m.payload) {
+            Ok(record) => Some(StoredDeadLetter {
+                dlq_seq: m.seq,
+                record,
+            }),
+            Err(e) => {
+                tracing::warn!(dlq_seq = m.seq, error = %e, "not a dead-letter record; skipped");
+                None
+            }
         })
-        .await?;
-    if consumer.info().await?.num_pending == 0 {
-        return Ok(out);
-    }
-    let mut messages = consumer.messages().await?;
-    while let Some(message) = messages.next().await {
-        let message = message?;
-        let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (dlq_seq, pending) = (info.stream_sequence, info.pending);
-        match serde_json::from_slice(&message.payload) {
-            Ok(record) => out.push(StoredDeadLetter { dlq_seq, record }),
-            Err(e) => tracing::warn!(dlq_seq, error = %e, "not a dead-letter record; skipped"),
-        }
-        if pending == 0 || out.len() >= limit {
-            break;
-        }
-    }
-    Ok(out)
+        .collect())
 }
 
 /// One dead letter by its `SPOOL_DLQ` sequence (`None` if absent or not a record; an

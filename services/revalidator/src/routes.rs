@@ -81,7 +81,7 @@ async fn list(
                 ))
             })?,
     };
-    let records = dlq::list(&state.platform.jetstream, site.as_ref(), limit)
+    let records = dlq::list(&state.platform.client, site.as_ref(), limit)
         .await
         .map_err(RevalidatorError::unavailable)?;
     Ok(Json(json!({ "dead_letters": records })).into_response())
