@@ -42,12 +42,7 @@ pub struct Report {
 
 impl Report {
     pub fn percentile(&self, p: f64) -> Duration {
-        let n = self.latencies.len();
-        if n == 0 {
-            return Duration::ZERO;
-        }
-        let i = ((n as f64 - 1.0) * p).round() as usize;
-        self.latencies[i.min(n - 1)]
+        crate::percentile(&self.latencies, p)
     }
 }
 

@@ -84,6 +84,15 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 /// allowed.
 pub const LOOPBACK_TARGET_NETWORKS: &str = "127.0.0.0/8,::1/128";
 
+/// The `p` quantile (0 to 1) of sorted durations, nearest rank; zero when there are none.
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    let Some(last) = sorted.len().checked_sub(1) else {
+        return std::time::Duration::ZERO;
+    };
+    let i = (last as f64 * p).round() as usize;
+    sorted[i.min(last)]
+}
+
 /// A valid site JSON with the contract's example collection mapping.
 pub fn site_json(id: &str) -> serde_json::Value {
     serde_json::json!({
