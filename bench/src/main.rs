@@ -161,18 +161,26 @@ async fn flood_row(quick: bool) -> String {
     use spool_integration_tests::flood::{measure, Plan};
     let (streams, samples) = if quick { (200, 40) } else { (1000, 100) };
     let mut rows = String::new();
-    for flood in [0, 64] {
+    for (flood, one_address) in [(0, false), (64, false), (64, true)] {
         let report = measure(Plan {
             streams,
             flood,
             history: 3000,
             window: 1000,
             samples,
+            one_address,
         })
         .await;
         let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
         rows.push_str(&format!(
-            "| {streams} | {flood} | {:.0} | {:.0} | {} | {} | {} | {} |\n",
+            "| {streams} | {flood} | {} | {:.0} | {:.0} | {} | {} | {} | {} |\n",
+            if one_address {
+                "one, limited to 50/s"
+            } else if flood == 0 {
+                "—"
+            } else {
+                "many (no limit)"
+            },
             report.served_per_s,
             report.refused_per_s,
             ms(report.percentile(0.5)),
@@ -182,7 +190,7 @@ async fn flood_row(quick: bool) -> String {
         ));
     }
     format!(
-        "\n## Live latency under a history-read flood\n\nWebhook accepted → each of the streams of one site ({samples} events, 50 ms apart), alone and while clients read another site's 3,000 events from JetStream (`since=1&limit=1000`, older than the 1,000-event window) back to back on the same delivery, default history-read caps (32 per process, 4 per site; the rest answered 429):\n\n| streams | history readers | reads served/s | reads refused/s | p50 (ms) | p99 (ms) | max (ms) | missed |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n{rows}"
+        "\n## Live latency under a history-read flood\n\nWebhook accepted → each of the streams of one site ({samples} events, 50 ms apart), alone and while clients read another site's 3,000 events from JetStream (`since=1&limit=1000`, older than the 1,000-event window) back to back on the same delivery, ignoring `Retry-After` as an attacker would, default history-read caps (32 per process, 4 per site; the rest answered `429 busy`). The readers come from many addresses (no per-address limit applies), or from one address under the default per-address request limit (50/s, burst 200; the rest answered `429 rate_limited`):\n\n| streams | history readers | their addresses | reads served/s | reads refused/s | p50 (ms) | p99 (ms) | max (ms) | missed |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|\n{rows}"
     )
 }
 

@@ -26,6 +26,10 @@ pub struct Plan {
     pub history: usize,
     pub window: usize,
     pub samples: usize,
+    /// The readers all come from one address, and the delivery limits requests per address
+    /// at its defaults (50/s, burst 200): every client is told apart by `X-Forwarded-For`
+    /// from a trusted proxy (loopback), each stream its own address.
+    pub one_address: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -52,9 +56,20 @@ const TOKEN: &str = "rk_test_live_0123456789";
 /// One stream's arrival times by seq.
 type Arrivals = Arc<std::sync::Mutex<std::collections::HashMap<u64, Instant>>>;
 
-/// Opens a stream of `live` and records when each event's `id:` line arrives.
-async fn follow(http: reqwest::Client, url: String, arrivals: Arrivals, ready: Arc<AtomicU64>) {
-    let Ok(response) = http.get(&url).bearer_auth(TOKEN).send().await else {
+/// Opens a stream of `live` (as client `address`) and records when each event's `id:` line
+/// arrives.
+async fn follow(
+    http: reqwest::Client,
+    url: String,
+    address: String,
+    arrivals: Arrivals,
+    ready: Arc<AtomicU64>,
+) {
+    let request = http
+        .get(&url)
+        .bearer_auth(TOKEN)
+        .header("x-forwarded-for", address);
+    let Ok(response) = request.send().await else {
         return;
     };
     let mut body = response.bytes_stream();
@@ -98,6 +113,14 @@ pub async fn measure(plan: Plan) -> Report {
         ("SPOOL_REPLAY_WINDOW", plan.window.to_string()),
     ];
     let ingest = ServiceProcess::start("spool-ingest", &env).await;
+    let mut delivery_env = env.to_vec();
+    if plan.one_address {
+        delivery_env.extend([
+            ("SPOOL_TRUSTED_PROXIES", "127.0.0.1/32".to_string()),
+            ("SPOOL_REQUESTS_PER_IP_RATE", "50".to_string()),
+            ("SPOOL_REQUESTS_PER_IP_BURST", "200".to_string()),
+        ]);
+    }
     let http = reqwest::Client::new();
     futures::stream::iter(0..plan.history)
         .for_each_concurrent(32, |n| {
@@ -110,17 +133,19 @@ pub async fn measure(plan: Plan) -> Report {
             }
         })
         .await;
-    let delivery = ServiceProcess::start("spool-delivery", &env).await;
+    let delivery = ServiceProcess::start("spool-delivery", &delivery_env).await;
 
     let ready = Arc::new(AtomicU64::new(0));
     let streams: Vec<Arrivals> = (0..plan.streams).map(|_| Arrivals::default()).collect();
     let stream_url = delivery.url("/v1/sites/live/events/stream");
     let followers: Vec<_> = streams
         .iter()
-        .map(|arrivals| {
+        .enumerate()
+        .map(|(i, arrivals)| {
             tokio::spawn(follow(
                 reqwest::Client::new(),
                 stream_url.clone(),
+                format!("10.1.{}.{}", i / 250, i % 250 + 1),
                 arrivals.clone(),
                 ready.clone(),
             ))
@@ -141,7 +166,11 @@ pub async fn measure(plan: Plan) -> Report {
             tokio::spawn(async move {
                 let http = reqwest::Client::new();
                 while !stop.is_cancelled() {
-                    let Ok(r) = http.get(&url).bearer_auth(token).send().await else {
+                    let request = http
+                        .get(&url)
+                        .bearer_auth(token)
+                        .header("x-forwarded-for", "203.0.113.7");
+                    let Ok(r) = request.send().await else {
                         continue;
                     };
                     let status = r.status().as_u16();
