@@ -231,6 +231,18 @@ async fn requests_past_the_burst_of_an_address_get_429_even_with_a_spoofed_forwa
     // 127.0.0.1 is no trusted proxy: what it forwards does not name another client.
     let (status, _, _) = list_sites(&ingest, Some("203.0.113.7")).await;
     assert_eq!(status, 429, "a spoofed X-Forwarded-For escaped the limit");
+    // A page can read the refusal (an EventSource that can't read its answer gives up).
+    let r = ingest
+        .admin(reqwest::Method::GET, "/v1/admin/sites")
+        .header("origin", "https://acme.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://acme.example"
+    );
     // The operational routes are not limited.
     for _ in 0..10 {
         let r = ingest
@@ -385,4 +397,36 @@ async fn a_site_past_its_webhook_rate_gets_429_and_its_retry_is_stored() {
     let retried: Vec<_> = stored.iter().filter(|s| s.event.id == limited.id).collect();
     assert_eq!(retried.len(), 1, "{stored:?}");
     assert_eq!(retried[0].seq, seq);
+}
+
+#[tokio::test]
+async fn a_webhook_body_that_trickles_in_is_answered_408_and_nothing_is_stored() {
+    let nats = NatsServer::start().await;
+    let mut config = ingest_config(&nats.url());
+    config.body_timeout = Duration::from_millis(500);
+    let ingest = TestService::start(config).await;
+    ingest.put_site(&site_json("acme")).await;
+
+    // A head promising 1,000 bytes, then 10 of them, then nothing.
+    let mut slow = TcpStream::connect(address(&ingest)).await.unwrap();
+    slow.write_all(
+        b"POST /v1/sites/acme/webhooks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"type\":\"c",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed without an answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(read_events(&nats.url()).await.is_empty(), "nothing stored");
 }

@@ -334,6 +334,7 @@ async fn the_ingest_router_serves_every_route() {
             publisher: Publisher::new(platform.client.clone(), Duration::from_secs(1)),
             admin_token: None,
             webhook_tolerance: Duration::from_secs(300),
+            body_timeout: Duration::from_secs(10),
             webhook_limits: Arc::new(spool_ingest::limits::SiteLimits::new(
                 spool_platform::rate::Rate::new(200, 1000),
             )),

@@ -36,7 +36,7 @@ async fn start_with(service: &str, env: &[(&str, &str)]) -> (std::process::ExitS
 async fn bad_settings_stop_each_service_with_a_message_naming_them() {
     /// A service, the settings it is started with, and what its message must name.
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 9] = [
+    let cases: [Case; 13] = [
         (
             "spool-delivery",
             &[("SPOOL_HEARTBEAT", "0s")],
@@ -66,6 +66,29 @@ async fn bad_settings_stop_each_service_with_a_message_naming_them() {
             "spool-ingest",
             &[("SPOOL_WEBHOOK_RATE", "0")],
             "SPOOL_WEBHOOK_RATE",
+        ),
+        (
+            "spool-ingest",
+            &[("SPOOL_BODY_TIMEOUT", "0s")],
+            "SPOOL_BODY_TIMEOUT",
+        ),
+        (
+            "spool-delivery",
+            &[
+                ("SPOOL_HISTORY_READS", "2"),
+                ("SPOOL_HISTORY_READS_PER_SITE", "3"),
+            ],
+            "SPOOL_HISTORY_READS_PER_SITE must be between 1 and SPOOL_HISTORY_READS",
+        ),
+        (
+            "spool-delivery",
+            &[("SPOOL_MAX_STREAM_LIFETIME", "1s")],
+            "SPOOL_MAX_STREAM_LIFETIME",
+        ),
+        (
+            "spool-delivery",
+            &[("SPOOL_MAX_STREAMS_PER_SITE", "0")],
+            "SPOOL_MAX_STREAMS_PER_SITE",
         ),
         (
             "spool-ingest",

@@ -25,6 +25,11 @@ pub struct IngestConfig {
     #[arg(long, env = "SPOOL_WEBHOOK_TOLERANCE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub webhook_tolerance: Duration,
 
+    /// Longest time a request body may take to arrive in full (a body that trickles in is
+    /// answered `408`): a webhook is at most 256 KiB.
+    #[arg(long, env = "SPOOL_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+
     /// Signed webhooks accepted per second per site (refilling its bucket); past it, 429
     /// with `Retry-After` (the CMS retries with the same webhook-id).
     #[arg(long, env = "SPOOL_WEBHOOK_RATE", default_value_t = 200)]
@@ -43,6 +48,7 @@ impl IngestConfig {
             listen,
             publish_timeout: Duration::from_secs(3),
             webhook_tolerance: Duration::from_secs(5 * 60),
+            body_timeout: Duration::from_secs(10),
             webhook_rate: 200,
             webhook_burst: 1000,
         }
@@ -51,6 +57,9 @@ impl IngestConfig {
     /// Checks what the flags' types can't: every problem, one line each.
     pub fn validate(&self) -> Result<(), String> {
         let mut problems = Vec::new();
+        if self.body_timeout < Duration::from_millis(100) {
+            problems.push("SPOOL_BODY_TIMEOUT must be at least 100ms");
+        }
         if self.webhook_rate == 0 {
             problems.push("SPOOL_WEBHOOK_RATE must be more than 0");
         }

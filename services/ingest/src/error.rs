@@ -22,6 +22,8 @@ pub enum IngestError {
     AdminDisabled,
     #[error("body is larger than {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("the body did not arrive in full within {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error("Content-Type must be application/json")]
     NotJson,
     #[error("{0}")]
@@ -42,6 +44,7 @@ impl IngestError {
             IngestError::UnknownSite(_) => "unknown_site",
             IngestError::Unauthorized(_) | IngestError::AdminDisabled => "unauthorized",
             IngestError::TooLarge { .. } => "too_large",
+            IngestError::BodyTimeout(_) => "body_timeout",
             IngestError::NotJson => "unsupported_media_type",
             IngestError::RateLimited { .. } => "rate_limited",
             IngestError::RegistryLoading | IngestError::Unavailable(_) => "unavailable",
@@ -66,6 +69,9 @@ impl IngestError {
             }
             IngestError::TooLarge { .. } => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+            }
+            IngestError::BodyTimeout(_) => {
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", message)
             }
             IngestError::NotJson => ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -45,6 +45,7 @@ impl Application {
             publisher: publish::Publisher::new(platform.client.clone(), config.publish_timeout),
             admin_token: config.common.admin_token.clone().map(Arc::new),
             webhook_tolerance: config.webhook_tolerance,
+            body_timeout: config.body_timeout,
             webhook_limits: Arc::new(limits::SiteLimits::new(Rate::new(
                 config.webhook_rate,
                 config.webhook_burst,

@@ -372,8 +372,8 @@ async fn limit_requests(request: axum::extract::Request, next: axum::middleware:
             metrics::counter!("http_server_requests_limited_total").increment(1);
             let secs = crate::rate::retry_after_secs(wait);
             tracing::debug!(%client, "request rate per address exceeded; answering 429");
-            if wants_event_stream(request.headers()) {
-                return (
+            let response = if wants_event_stream(request.headers()) {
+                (
                     [
                         (
                             header::CONTENT_TYPE,
@@ -384,18 +384,33 @@ async fn limit_requests(request: axum::extract::Request, next: axum::middleware:
                     ],
                     format!("retry: {}\n\n", secs.saturating_mul(1000)),
                 )
-                    .into_response();
-            }
-            return ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("too many requests from this address: retry after {secs} s"),
-            )
-            .with_retry_after(secs)
-            .into_response();
+                    .into_response()
+            } else {
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!("too many requests from this address: retry after {secs} s"),
+                )
+                .with_retry_after(secs)
+                .into_response()
+            };
+            return readable_by_any_origin(response, request.headers());
         }
     }
     next.run(request).await
+}
+
+/// Lets the requesting page read a refusal that carries nothing of any site's (a browser's
+/// `EventSource` that can't read its answer gives up for good; a `fetch` sees only a
+/// network error): the services' own CORS rules are per site, and this answer comes before
+/// the site is known.
+fn readable_by_any_origin(mut response: Response, request: &axum::http::HeaderMap) -> Response {
+    if let Some(origin) = request.get(header::ORIGIN) {
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        headers.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    response
 }
 
 /// The request asks for Server-Sent Events.

@@ -1,9 +1,10 @@
-//! A connection whose writes make no progress for too long fails: how a server drops a
-//! client that stopped reading (an SSE browser tab frozen in the background, a proxy that
-//! stopped draining) instead of holding its buffers for ever.
+//! A connection whose writes make too little progress for too long fails: how a server
+//! drops a client that stopped reading (an SSE browser tab frozen in the background, a proxy
+//! that stopped draining), or that reads only a trickle to hold a connection open at no
+//! cost to itself, instead of holding its buffers for ever.
 //!
-//! The timer exists only while a write is blocked, so an idle or flowing connection costs
-//! one pointer for it.
+//! The timer exists only while the socket is full (a write pending or only partly taken),
+//! so an idle or flowing connection costs one pointer for it.
 
 use std::future::Future;
 use std::io;
@@ -44,12 +45,20 @@ impl Stalled {
     }
 }
 
-/// Wraps an I/O stream: a write (or flush) that stays pending for `limit` fails with
-/// [`io::ErrorKind::TimedOut`]; any progress restarts the clock.
+/// Bytes a peer must take within the limit, once the socket is full, to keep the
+/// connection: 16 KiB per 10 s is 1.6 KB/s, far below any real reader.
+pub const MIN_PROGRESS: usize = 16 * 1024;
+
+/// Wraps an I/O stream: once the socket is full (a write pending, or only partly taken), the
+/// peer must take [`MIN_PROGRESS`] bytes within `limit`, or the write (or flush) fails with
+/// [`io::ErrorKind::TimedOut`]. A write taken whole (the socket has room again) stops the
+/// clock.
 pub struct WriteStall<S> {
     inner: S,
     limit: Duration,
     blocked: Option<Pin<Box<Sleep>>>,
+    /// Bytes taken since the clock started.
+    progress: usize,
 }
 
 impl<S> WriteStall<S> {
@@ -58,11 +67,42 @@ impl<S> WriteStall<S> {
             inner,
             limit,
             blocked: None,
+            progress: 0,
         }
     }
 
-    /// Called with the inner write's result: starts the clock on `Pending`, stops it on
-    /// progress, and turns a pending write that outlived the limit into an error.
+    /// Called with the inner write's result and the bytes offered: a write taken whole
+    /// stops the clock; a partial one counts towards [`MIN_PROGRESS`] (which stops it);
+    /// `Pending` starts it, and fails once it outlived the limit.
+    fn watch_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        offered: usize,
+        result: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match &result {
+            Poll::Ready(Ok(n)) if *n < offered => {
+                self.progress += n;
+                if self.progress >= MIN_PROGRESS {
+                    self.blocked = None;
+                    self.progress = 0;
+                } else if self.blocked.is_none() {
+                    self.blocked = Some(Box::pin(tokio::time::sleep(self.limit)));
+                }
+                result
+            }
+            Poll::Ready(_) => {
+                self.blocked = None;
+                self.progress = 0;
+                result
+            }
+            Poll::Pending => self.watch(cx, result),
+        }
+    }
+
+    /// Called with a pending (or finished) operation's result: starts the clock on
+    /// `Pending` and turns a wait that outlived the limit into an error; a finished flush
+    /// stops it.
     fn watch<T>(
         &mut self,
         cx: &mut Context<'_>,
@@ -70,6 +110,7 @@ impl<S> WriteStall<S> {
     ) -> Poll<io::Result<T>> {
         if result.is_ready() {
             self.blocked = None;
+            self.progress = 0;
             return result;
         }
         let limit = self.limit;
@@ -102,7 +143,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteStall<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.watch(cx, result)
+        self.watch_write(cx, buf.len(), result)
     }
 
     fn poll_write_vectored(
@@ -111,7 +152,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteStall<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.watch(cx, result)
+        let offered = bufs.iter().map(|b| b.len()).sum();
+        self.watch_write(cx, offered, result)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -151,21 +193,40 @@ mod tests {
         assert_eq!(got, [1; 64]);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_slow_reader_that_keeps_reading_is_never_cut_off() {
-        let (near, mut far) = tokio::io::duplex(16);
-        let reader = tokio::spawn(async move {
-            let mut total = 0;
-            let mut chunk = [0; 16];
-            while total < 160 {
+    /// A reader taking `per_read` bytes every 6 s from a 16 KiB socket buffer, while
+    /// `total` bytes are written: what the writer saw.
+    async fn reading_every_6s(per_read: usize, total: usize) -> io::Result<()> {
+        let (near, mut far) = tokio::io::duplex(16 * 1024);
+        tokio::spawn(async move {
+            let mut chunk = vec![0; per_read];
+            loop {
                 tokio::time::sleep(Duration::from_secs(6)).await;
-                total += far.read(&mut chunk).await.unwrap();
+                if far.read_exact(&mut chunk).await.is_err() {
+                    return;
+                }
             }
-            total
         });
         let mut io = WriteStall::new(near, Duration::from_secs(10));
-        // Ten stalls of 6 s each: 60 s in all, but never 10 s without progress.
-        io.write_all(&[7; 160]).await.unwrap();
-        assert_eq!(reader.await.unwrap(), 160);
+        io.write_all(&vec![7; total]).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_keeps_reading_is_never_cut_off() {
+        // 16 KiB every 6 s: ten stalls, a minute in all, never under the minimum.
+        reading_every_6s(MIN_PROGRESS, 11 * MIN_PROGRESS)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_takes_only_a_trickle_is_cut_off() {
+        let started = tokio::time::Instant::now();
+        let error = reading_every_6s(64, 4 * MIN_PROGRESS).await.unwrap_err();
+        assert!(Stalled::caused(&error));
+        assert!(
+            started.elapsed() <= Duration::from_secs(12),
+            "cut within about the limit: {:?}",
+            started.elapsed()
+        );
     }
 }

@@ -71,7 +71,7 @@ pub async fn put(
     authorize(&state, &headers)?;
     let id = parse_id(site)?;
     require_json(&headers)?;
-    let body = read_body(&headers, body, MAX_SITE_BODY).await?;
+    let body = read_body(&headers, body, MAX_SITE_BODY, state.body_timeout).await?;
     let mut value: Value = serde_json::from_slice(&body)
         .map_err(|e| IngestError::InvalidBody(format!("invalid site JSON: {e}")))?;
     let object = value

@@ -38,6 +38,8 @@ pub struct AppState {
     pub publisher: Publisher,
     pub admin_token: Option<Arc<Secret>>,
     pub webhook_tolerance: Duration,
+    /// Longest time a request body may take to arrive (`SPOOL_BODY_TIMEOUT`).
+    pub body_timeout: Duration,
     /// The webhook rate per site, spent after the signature check.
     pub webhook_limits: Arc<SiteLimits>,
 }
@@ -78,6 +80,7 @@ async fn read_body(
     headers: &HeaderMap,
     body: axum::body::Body,
     limit: usize,
+    deadline: Duration,
 ) -> Result<bytes::Bytes, IngestError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -86,7 +89,10 @@ async fn read_body(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(IngestError::TooLarge { limit });
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let read = tokio::time::timeout(deadline, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| IngestError::BodyTimeout(deadline))?;
+    read.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if too_large {
@@ -144,21 +150,26 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_are_limited_by_declared_and_actual_size() {
-        let ok = read_body(&HeaderMap::new(), Body::from("12345"), 5)
-            .await
-            .unwrap();
+        let ok = read_body(
+            &HeaderMap::new(),
+            Body::from("12345"),
+            5,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
         assert_eq!(&ok[..], b"12345");
         // Declared too large: refused before reading.
         let declared = with(header::CONTENT_LENGTH, "6");
         assert!(matches!(
-            read_body(&declared, Body::from("1"), 5).await,
+            read_body(&declared, Body::from("1"), 5, Duration::from_secs(1)).await,
             Err(IngestError::TooLarge { limit: 5 })
         ));
         // Streamed without a length and too large.
         let chunks = futures::stream::iter(["123", "456"].map(Ok::<_, std::io::Error>));
         let streamed = Body::from_stream(chunks);
         assert!(matches!(
-            read_body(&HeaderMap::new(), streamed, 5).await,
+            read_body(&HeaderMap::new(), streamed, 5, Duration::from_secs(1)).await,
             Err(IngestError::TooLarge { limit: 5 })
         ));
     }

@@ -60,7 +60,7 @@ async fn handle(
         None => return Err(IngestError::UnknownSite(site_id.to_string())),
     };
     require_json(headers)?;
-    let body = read_body(headers, body, MAX_BODY).await?;
+    let body = read_body(headers, body, MAX_BODY, state.body_timeout).await?;
 
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let key = SigningKey::from_secret(&site.webhook_secret).map_err(|e| {
