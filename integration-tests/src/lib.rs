@@ -104,7 +104,10 @@ pub fn site_json(id: &str) -> serde_json::Value {
         "collections": {
             "blog": { "paths": ["/blog/{slug}", "/blog"], "tags": ["blog", "blog:{slug}"] }
         },
-        "revalidate": []
+        "revalidate": [],
+        // Visitors see the title too, so tests can compare what they receive with what
+        // was stored; the audience tests use a site with the defaults.
+        "public_fields": ["slug", "title"]
     })
 }
 

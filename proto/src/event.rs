@@ -48,6 +48,26 @@ impl EventType {
     }
 }
 
+/// Who may see an event: every reader of the site (`public`, what visitors see), or only
+/// readers with preview rights (`preview`: drafts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Audience {
+    /// Events stored before audiences existed are public, as they were delivered then.
+    #[default]
+    Public,
+    Preview,
+}
+
+impl Audience {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Audience::Public => "public",
+            Audience::Preview => "preview",
+        }
+    }
+}
+
 /// The content item: `id` (required), `slug` (optional), and whatever else the CMS sends,
 /// which is passed through untouched.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,6 +93,9 @@ pub struct WebhookPayload {
     pub tags: Vec<String>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub occurred_at: Option<OffsetDateTime>,
+    /// The CMS's own word on who may see the event; absent = the site's `public_types` rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<Audience>,
 }
 
 /// Why a webhook body was refused; the message is meant for the CMS developer.
@@ -181,6 +204,9 @@ pub struct Event {
     #[serde(rename = "type")]
     pub kind: EventType,
     pub collection: CollectionName,
+    /// Who may see it (see [`Audience`]).
+    #[serde(default)]
+    pub audience: Audience,
     pub item: Item,
     pub paths: Vec<String>,
     pub tags: Vec<String>,
@@ -308,6 +334,7 @@ mod tests {
             site: SiteId::parse("acme").unwrap(),
             kind: EventType::Published,
             collection: CollectionName::parse("blog").unwrap(),
+            audience: Default::default(),
             item: Item {
                 id: "42".into(),
                 slug: None,

@@ -10,7 +10,7 @@ pub mod revalidate;
 pub mod signing;
 pub mod site;
 
-pub use event::{Event, EventType, Item, WebhookPayload};
+pub use event::{Audience, Event, EventType, Item, WebhookPayload};
 pub use names::{CollectionName, InvalidName, SiteId};
 pub use site::Site;
 

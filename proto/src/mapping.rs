@@ -32,6 +32,7 @@ pub fn to_event(
         id: webhook_id.to_owned(),
         site: site.id.clone(),
         kind: payload.kind,
+        audience: site.audience_of(payload.kind, payload.audience),
         occurred_at: payload.occurred_at.unwrap_or(received_at),
         received_at,
         collection: payload.collection,
@@ -70,6 +71,9 @@ mod tests {
             cors_origins: vec![],
             collections,
             revalidate: vec![],
+            public_types: None,
+            public_fields: None,
+            subscriber_secret: None,
         }
     }
 
@@ -90,6 +94,7 @@ mod tests {
             paths: paths.iter().map(|s| s.to_string()).collect(),
             tags: tags.iter().map(|s| s.to_string()).collect(),
             occurred_at: None,
+            audience: None,
         }
     }
 

@@ -75,6 +75,7 @@ mod tests {
             site: SiteId::parse("acme").unwrap(),
             kind: EventType::Updated,
             collection: CollectionName::parse("blog").unwrap(),
+            audience: Default::default(),
             item: Item {
                 id: seq.to_string(),
                 slug: Some(slug.into()),

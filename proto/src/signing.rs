@@ -66,6 +66,12 @@ impl SigningKey {
         Ok(SigningKey(key))
     }
 
+    /// The key's bytes (the base64 after `whsec_`, decoded): what an HS256 token of the
+    /// site is signed with.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     fn mac(&self, id: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
         // HMAC accepts keys of any length, so this can't fail.
         #[allow(clippy::expect_used)]

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::check_path;
+use crate::event::{check_path, Audience, EventType, Item};
 use crate::names::{CollectionName, SiteId};
 use crate::signing::SigningKey;
 
@@ -31,7 +31,29 @@ pub struct Site {
     /// Revalidation webhooks of the site.
     #[serde(default)]
     pub revalidate: Vec<RevalidateTarget>,
+    /// The event types visitors see when the CMS doesn't say (`audience` in the webhook);
+    /// absent = [`DEFAULT_PUBLIC_TYPES`]. Other types (drafts) reach preview readers only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_types: Option<Vec<EventType>>,
+    /// The `item` fields visitors see (`id` always); absent = [`DEFAULT_PUBLIC_FIELDS`].
+    /// Preview readers get every field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_fields: Option<Vec<String>>,
+    /// `whsec_<base64>`: signs the site's short-lived subscriber tokens (HS256 JWTs, minted
+    /// by the site's backend); absent = only static read tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriber_secret: Option<String>,
 }
+
+/// What visitors see when a site doesn't say.
+pub const DEFAULT_PUBLIC_TYPES: [EventType; 3] = [
+    EventType::Published,
+    EventType::Unpublished,
+    EventType::Deleted,
+];
+
+/// The `item` fields visitors see when a site doesn't say.
+pub const DEFAULT_PUBLIC_FIELDS: [&str; 2] = ["id", "slug"];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CollectionRoutes {
@@ -49,6 +71,10 @@ pub struct RevalidateTarget {
     /// The collections this target wants; absent = every collection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collections: Option<Vec<CollectionName>>,
+    /// The event types this target wants; absent = the public events (a draft saved in the
+    /// CMS doesn't rebuild the site's pages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub types: Option<Vec<EventType>>,
 }
 
 impl RevalidateTarget {
@@ -56,6 +82,14 @@ impl RevalidateTarget {
         self.collections
             .as_ref()
             .is_none_or(|list| list.contains(collection))
+    }
+
+    /// Does this target want an event of this type and audience?
+    pub fn wants_event(&self, kind: EventType, audience: Audience) -> bool {
+        match &self.types {
+            Some(types) => types.contains(&kind),
+            None => audience == Audience::Public,
+        }
     }
 }
 
@@ -131,11 +165,50 @@ impl Site {
                 problems.push(format!("revalidate[{i}].secret: {e}"));
             }
         }
+        if let Some(secret) = &self.subscriber_secret {
+            if let Err(e) = SigningKey::from_secret(secret) {
+                problems.push(format!("subscriber_secret: {e}"));
+            }
+        }
+        for (i, field) in self.public_fields.iter().flatten().enumerate() {
+            if field.is_empty() || field.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                problems.push(format!(
+                    "public_fields[{i}]: must be a non-empty field name without whitespace"
+                ));
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
             Err(SiteError(problems))
         }
+    }
+
+    /// Who may see an event of this type: the CMS's word if it gave one, else public for
+    /// the site's `public_types` and preview for the rest.
+    pub fn audience_of(&self, kind: EventType, said: Option<Audience>) -> Audience {
+        said.unwrap_or_else(|| {
+            let public = match &self.public_types {
+                Some(types) => types.contains(&kind),
+                None => DEFAULT_PUBLIC_TYPES.contains(&kind),
+            };
+            if public {
+                Audience::Public
+            } else {
+                Audience::Preview
+            }
+        })
+    }
+
+    /// The item as visitors see it: `id`, and the site's `public_fields` it has.
+    pub fn public_item(&self, item: &Item) -> Item {
+        cut_item(item, self.public_fields.as_deref())
+    }
+
+    /// The item as visitors see it under the default `public_fields` (for an event whose
+    /// site is gone from the registry).
+    pub fn default_public_item(item: &Item) -> Item {
+        cut_item(item, None)
     }
 
     /// The path and tag templates of a collection (the site's own, or the defaults).
@@ -162,6 +235,7 @@ impl Site {
         for target in &mut site.revalidate {
             target.secret = redact(&target.secret);
         }
+        site.subscriber_secret = site.subscriber_secret.as_deref().map(redact);
         site
     }
 
@@ -170,7 +244,26 @@ impl Site {
         std::iter::once(&self.webhook_secret)
             .chain(&self.read_tokens)
             .chain(self.revalidate.iter().map(|t| &t.secret))
+            .chain(&self.subscriber_secret)
             .any(|s| s.contains(REDACTED_MARK))
+    }
+}
+
+/// `item` with only `id` and the `fields` it has (absent: [`DEFAULT_PUBLIC_FIELDS`]).
+fn cut_item(item: &Item, fields: Option<&[String]>) -> Item {
+    let allowed = |name: &str| match fields {
+        Some(fields) => fields.iter().any(|f| f == name),
+        None => DEFAULT_PUBLIC_FIELDS.contains(&name),
+    };
+    Item {
+        id: item.id.clone(),
+        slug: item.slug.clone().filter(|_| allowed("slug")),
+        extra: item
+            .extra
+            .iter()
+            .filter(|(name, _)| allowed(name))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect(),
     }
 }
 
@@ -278,6 +371,47 @@ mod tests {
             .unwrap()
             .contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2"));
         assert!(red.has_redacted_secret() && !site.has_redacted_secret());
+    }
+
+    #[test]
+    fn audiences_and_public_items() {
+        let mut site = Site::from_json(site_json().to_string().as_bytes()).unwrap();
+        assert_eq!(
+            site.audience_of(EventType::Published, None),
+            Audience::Public
+        );
+        assert_eq!(
+            site.audience_of(EventType::Updated, None),
+            Audience::Preview
+        );
+        assert_eq!(
+            site.audience_of(EventType::Updated, Some(Audience::Public)),
+            Audience::Public,
+            "the CMS's word wins"
+        );
+        site.public_types = Some(vec![EventType::Updated]);
+        assert_eq!(site.audience_of(EventType::Updated, None), Audience::Public);
+        assert_eq!(
+            site.audience_of(EventType::Published, None),
+            Audience::Preview
+        );
+
+        let item: Item = serde_json::from_value(serde_json::json!(
+            {"id": "42", "slug": "s", "title": "Secret", "summary": "x"}
+        ))
+        .unwrap();
+        let public = serde_json::to_value(site.public_item(&item)).unwrap();
+        assert_eq!(public, serde_json::json!({"id": "42", "slug": "s"}));
+        site.public_fields = Some(vec!["title".into()]);
+        let public = serde_json::to_value(site.public_item(&item)).unwrap();
+        assert_eq!(public, serde_json::json!({"id": "42", "title": "Secret"}));
+
+        let target = &mut site.revalidate[0];
+        assert!(target.wants_event(EventType::Updated, Audience::Public));
+        assert!(!target.wants_event(EventType::Updated, Audience::Preview));
+        target.types = Some(vec![EventType::Created]);
+        assert!(target.wants_event(EventType::Created, Audience::Preview));
+        assert!(!target.wants_event(EventType::Published, Audience::Public));
     }
 
     #[test]

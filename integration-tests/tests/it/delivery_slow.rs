@@ -29,7 +29,7 @@ async fn stuck_client(base_url: &str) -> tokio::net::TcpStream {
 /// A webhook whose event is about `size` bytes.
 fn big(i: usize, size: usize) -> Webhook {
     let body = serde_json::json!({
-        "type": "content.updated", "collection": "blog",
+        "type": "content.published", "collection": "blog",
         "item": { "id": i.to_string(), "slug": format!("p{i}"), "body": "x".repeat(size) },
     });
     Webhook::with_body(&format!("big{i}"), body.to_string().into_bytes())

@@ -2,6 +2,7 @@
 
 mod admin;
 mod delivery_access;
+mod delivery_audience;
 mod delivery_history;
 mod delivery_poll;
 mod delivery_reset;

@@ -356,6 +356,7 @@ async fn the_delivery_router_serves_every_route() {
             history: History::new(
                 platform.client.clone(),
                 platform.jetstream.clone(),
+                platform.registry.clone(),
                 ReadLimits {
                     process: 4,
                     per_site: 1,

@@ -15,6 +15,12 @@ pub enum DeliveryError {
     UnknownSite(String),
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// A subscriber token that can't be used, and why.
+    #[error("{0}")]
+    TokenRefused(crate::subscriber::Refusal),
+    /// The credentials are good but don't allow this (a token's scope or collections).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     BadParameter(String),
     #[error("origin {0:?} is not in the site's cors_origins")]
@@ -50,6 +56,17 @@ impl IntoResponse for DeliveryError {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_site", message)
             }
             DeliveryError::Unauthorized(_) => ApiError::unauthorized(message),
+            DeliveryError::TokenRefused(refusal) => {
+                use crate::subscriber::Refusal;
+                let code = match refusal {
+                    Refusal::Expired => "token_expired",
+                    _ => "token_invalid",
+                };
+                ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+            }
+            DeliveryError::Forbidden(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+            }
             DeliveryError::OriginNotAllowed(_) => {
                 ApiError::new(StatusCode::FORBIDDEN, "origin_not_allowed", message)
             }

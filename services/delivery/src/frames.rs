@@ -2,62 +2,118 @@
 //! delivered JSON, shared by every client — and the other SSE frames.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::json;
-use spool_proto::Event;
+use spool_proto::{Audience, Event, Site};
 
-/// One event of `SPOOL_EVENTS`, ready to send: `id: <seq>\ndata: <json>\n\n`.
+/// One encoding of an event: the SSE frame `id: <seq>\ndata: <json>\n\n`, whose `data` is
+/// also the poll's JSON.
+#[derive(Debug, Clone, PartialEq)]
+struct Encoded {
+    frame: Bytes,
+    json: Range<usize>,
+}
+
+impl Encoded {
+    fn new(event: &Event) -> Result<Encoded, serde_json::Error> {
+        let json = serde_json::to_vec(event)?;
+        let head = format!("id: {}\ndata: ", event.seq);
+        let mut frame = Vec::with_capacity(head.len() + json.len() + 2);
+        frame.extend_from_slice(head.as_bytes());
+        frame.extend_from_slice(&json);
+        frame.extend_from_slice(b"\n\n");
+        Ok(Encoded {
+            json: head.len()..head.len() + json.len(),
+            frame: Bytes::from(frame),
+        })
+    }
+}
+
+/// One event of `SPOOL_EVENTS`, ready to send, encoded once and shared by every client:
+/// as preview readers see it (every field), and as visitors see it (the item cut to the
+/// site's `public_fields`; the same bytes when nothing is cut, and none for a preview-only
+/// event, which visitors never get).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeedEvent {
     pub seq: u64,
     pub site: String,
     pub collection: String,
-    frame: Bytes,
-    json: Range<usize>,
+    pub audience: Audience,
+    full: Encoded,
+    /// `None`: visitors get `full` (public event, nothing cut) or nothing (preview-only).
+    public: Option<Encoded>,
 }
 
 impl FeedEvent {
-    /// Encodes a stored message (the event without `seq`) found at stream sequence `seq`.
-    pub fn from_stored(seq: u64, payload: &[u8]) -> Result<FeedEvent, serde_json::Error> {
+    /// Encodes a stored message (the event without `seq`) found at stream sequence `seq`;
+    /// `site_of` finds the event's site (if the registry still has it), which says which
+    /// item fields visitors see (absent: the defaults).
+    pub fn from_stored(
+        seq: u64,
+        payload: &[u8],
+        site_of: &dyn Fn(&str) -> Option<Arc<Site>>,
+    ) -> Result<FeedEvent, serde_json::Error> {
         let mut event: Event = serde_json::from_slice(payload)?;
         event.seq = seq;
-        let json = serde_json::to_vec(&event)?;
-        let head = format!("id: {seq}\ndata: ");
-        let mut frame = Vec::with_capacity(head.len() + json.len() + 2);
-        frame.extend_from_slice(head.as_bytes());
-        frame.extend_from_slice(&json);
-        frame.extend_from_slice(b"\n\n");
+        let full = Encoded::new(&event)?;
+        let public = match event.audience {
+            Audience::Preview => None,
+            Audience::Public => {
+                let item = match site_of(event.site.as_str()) {
+                    Some(site) => site.public_item(&event.item),
+                    None => Site::default_public_item(&event.item),
+                };
+                if item == event.item {
+                    None
+                } else {
+                    event.item = item;
+                    Some(Encoded::new(&event)?)
+                }
+            }
+        };
         Ok(FeedEvent {
             seq,
             site: event.site.to_string(),
             collection: event.collection.to_string(),
-            json: head.len()..head.len() + json.len(),
-            frame: Bytes::from(frame),
+            audience: event.audience,
+            full,
+            public,
         })
     }
 
-    /// The SSE frame (a cheap, shared handle).
-    pub fn frame(&self) -> Bytes {
-        self.frame.clone()
+    fn encoded(&self, preview: bool) -> &Encoded {
+        match (&self.public, preview) {
+            (Some(public), false) => public,
+            _ => &self.full,
+        }
+    }
+
+    /// The SSE frame for a reader with (or without) preview rights (a cheap, shared
+    /// handle). Only meaningful for events the reader may see.
+    pub fn frame(&self, preview: bool) -> Bytes {
+        self.encoded(preview).frame.clone()
     }
 
     /// The SSE frame, to copy into a larger chunk (no reference counting).
-    pub fn frame_bytes(&self) -> &[u8] {
-        &self.frame
+    pub fn frame_bytes(&self, preview: bool) -> &[u8] {
+        &self.encoded(preview).frame
     }
 
     /// Bytes held for this event.
     pub fn size(&self) -> usize {
-        self.frame.len()
+        self.full.frame.len()
+            + self.public.as_ref().map_or(0, |p| p.frame.len())
             + std::mem::size_of::<FeedEvent>()
             + self.site.len()
             + self.collection.len()
     }
 
     /// The delivered event JSON (a slice of the frame; no copy).
-    pub fn json(&self) -> Bytes {
-        self.frame.slice(self.json.clone())
+    pub fn json(&self, preview: bool) -> Bytes {
+        let encoded = self.encoded(preview);
+        encoded.frame.slice(encoded.json.clone())
     }
 }
 
@@ -84,6 +140,12 @@ pub fn goaway(reason: &str, retry_ms: u64) -> Bytes {
         "retry: {retry_ms}\nevent: goaway\ndata: {}\n\n",
         json!({ "reason": reason, "retry_ms": retry_ms })
     ))
+}
+
+/// `event: token_expired`: the reader's subscriber token expired; the stream ends. The
+/// client asks its site for a new token and resumes from its last id.
+pub fn token_expired() -> Bytes {
+    Bytes::from_static(b"event: token_expired\ndata: {\"reason\":\"token_expired\"}\n\n")
 }
 
 /// `event: position`: the client is caught up to `seq` though its last event is older (the
@@ -117,6 +179,11 @@ pub struct Reset {
     pub first_seq: u64,
 }
 
+/// For events read without a registry at hand (tests): every site's defaults.
+pub fn no_site(_: &str) -> Option<Arc<Site>> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,12 +194,12 @@ mod tests {
 
     #[test]
     fn a_frame_carries_the_seq_as_id_and_in_the_json() {
-        let e = FeedEvent::from_stored(123, STORED.as_bytes()).unwrap();
-        let frame = String::from_utf8(e.frame().to_vec()).unwrap();
+        let e = FeedEvent::from_stored(123, STORED.as_bytes(), &no_site).unwrap();
+        let frame = String::from_utf8(e.frame(true).to_vec()).unwrap();
         assert!(frame.starts_with("id: 123\ndata: {"), "{frame}");
         assert!(frame.ends_with("}\n\n"));
         assert_eq!(frame.matches('\n').count(), 3, "one data line only");
-        let json: serde_json::Value = serde_json::from_slice(&e.json()).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&e.json(true)).unwrap();
         assert_eq!(json["seq"], 123);
         assert_eq!(json["item"]["title"], "My post");
         assert_eq!(json["received_at"], "2026-11-25T10:00:00.012Z");
@@ -142,8 +209,8 @@ mod tests {
     #[test]
     fn newlines_in_content_stay_escaped() {
         let stored = STORED.replace("My post", "line one\\nline two");
-        let e = FeedEvent::from_stored(1, stored.as_bytes()).unwrap();
-        assert_eq!(e.frame().iter().filter(|b| **b == b'\n').count(), 3);
+        let e = FeedEvent::from_stored(1, stored.as_bytes(), &no_site).unwrap();
+        assert_eq!(e.frame(true).iter().filter(|b| **b == b'\n').count(), 3);
     }
 
     #[test]
@@ -169,6 +236,34 @@ mod tests {
 
     #[test]
     fn a_bad_stored_message_is_an_error() {
-        assert!(FeedEvent::from_stored(1, b"{}").is_err());
+        assert!(FeedEvent::from_stored(1, b"{}", &no_site).is_err());
+    }
+
+    #[test]
+    fn visitors_get_the_public_fields_and_preview_readers_everything() {
+        let e = FeedEvent::from_stored(5, STORED.as_bytes(), &no_site).unwrap();
+        let public: serde_json::Value = serde_json::from_slice(&e.json(false)).unwrap();
+        assert_eq!(
+            public["item"],
+            serde_json::json!({"id": "42", "slug": "my-post"})
+        );
+        assert_eq!(public["audience"], "public");
+        let full: serde_json::Value = serde_json::from_slice(&e.json(true)).unwrap();
+        assert_eq!(full["item"]["title"], "My post");
+        assert!(String::from_utf8_lossy(&e.frame(false)).starts_with("id: 5\ndata: {"));
+        // Nothing to cut: one encoding, shared.
+        let plain = STORED.replace(r#","title":"My post""#, "");
+        let e = FeedEvent::from_stored(6, plain.as_bytes(), &no_site).unwrap();
+        assert_eq!(e.frame(false).as_ptr(), e.frame(true).as_ptr());
+        // A draft: preview readers only.
+        let draft = STORED
+            .replace("content.published", "content.updated")
+            .replace(
+                r#""collection":"blog","#,
+                r#""collection":"blog","audience":"preview","#,
+            );
+        let e = FeedEvent::from_stored(7, draft.as_bytes(), &no_site).unwrap();
+        assert_eq!(e.audience, Audience::Preview);
+        assert_eq!(e.frame(false).as_ptr(), e.frame(true).as_ptr());
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use spool_platform::range::{self, Range};
+use spool_platform::registry::SiteRegistry;
 use spool_proto::names::EVENTS_STREAM;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -105,6 +106,8 @@ pub struct History {
 struct Inner {
     client: async_nats::Client,
     js: jetstream::Context,
+    /// Which item fields of a site's events visitors see.
+    registry: SiteRegistry,
     reads: Arc<Semaphore>,
     per_site: usize,
     /// Reads in progress per site (sites with none are not kept).
@@ -138,11 +141,17 @@ impl Drop for Permit {
 }
 
 impl History {
-    pub fn new(client: async_nats::Client, js: jetstream::Context, limits: ReadLimits) -> History {
+    pub fn new(
+        client: async_nats::Client,
+        js: jetstream::Context,
+        registry: SiteRegistry,
+        limits: ReadLimits,
+    ) -> History {
         History {
             inner: Arc::new(Inner {
                 client,
                 js,
+                registry,
                 reads: Arc::new(Semaphore::new(limits.process.max(1))),
                 per_site: limits.per_site.max(1),
                 sites: Mutex::default(),
@@ -272,14 +281,14 @@ impl History {
         let events = found
             .messages
             .into_iter()
-            .filter_map(|m| match FeedEvent::from_stored(m.seq, &m.payload) {
+            .filter_map(|m| match FeedEvent::from_stored(m.seq, &m.payload, &|id| self.inner.registry.get(id)) {
                 Ok(event) => Some(Arc::new(event)),
                 Err(e) => {
                     tracing::error!(seq = m.seq, error = %e, "undecodable event in SPOOL_EVENTS; skipped");
                     None
                 }
             })
-            .filter(|event| filter.wants_collection(event))
+            .filter(|event| filter.wants(event))
             .collect();
         Ok(Read {
             reset: plan.reset,

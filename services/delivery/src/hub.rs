@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use spool_platform::nats::Disconnects;
+use spool_platform::registry::SiteRegistry;
 use spool_platform::trace;
 use spool_proto::names::{EVENTS_STREAM, EVENTS_SUBJECTS, MSG_ID_HEADER};
 use tokio::sync::broadcast;
@@ -176,10 +177,11 @@ impl Hub {
 pub async fn run_feed(
     js: jetstream::Context,
     disconnects: Disconnects,
+    registry: SiteRegistry,
     hub: Arc<Hub>,
     shutdown: CancellationToken,
 ) {
-    feed(js, disconnects, &hub, shutdown).await;
+    feed(js, disconnects, &registry, &hub, shutdown).await;
     hub.close();
 }
 
@@ -188,13 +190,14 @@ pub async fn run_feed(
 async fn feed(
     js: jetstream::Context,
     disconnects: Disconnects,
+    registry: &SiteRegistry,
     hub: &Hub,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let result = tokio::select! {
-            r = follow(&js, hub) => r,
+            r = follow(&js, registry, hub) => r,
             _ = disconnects.next() => Err(anyhow::anyhow!("NATS disconnected")),
             _ = shutdown.cancelled() => return,
         };
@@ -209,7 +212,7 @@ async fn feed(
     }
 }
 
-async fn follow(js: &jetstream::Context, hub: &Hub) -> anyhow::Result<()> {
+async fn follow(js: &jetstream::Context, registry: &SiteRegistry, hub: &Hub) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let mut stream = js
         .get_stream(EVENTS_STREAM)
@@ -262,7 +265,7 @@ async fn follow(js: &jetstream::Context, hub: &Hub) -> anyhow::Result<()> {
         );
         trace::adopt(&span, trace::from_nats(message.headers.as_ref()));
         let _entered = span.enter();
-        let event = match FeedEvent::from_stored(seq, &message.payload) {
+        let event = match FeedEvent::from_stored(seq, &message.payload, &|id| registry.get(id)) {
             Ok(event) => Some(Arc::new(event)),
             Err(e) => {
                 tracing::error!(seq, error = %e, "undecodable event in SPOOL_EVENTS; skipped");
@@ -290,7 +293,10 @@ mod tests {
             "item": {"id": "1"}, "paths": [], "tags": [],
             "occurred_at": "2026-11-25T10:00:00Z", "received_at": "2026-11-25T10:00:00Z"
         });
-        Arc::new(FeedEvent::from_stored(seq, stored.to_string().as_bytes()).unwrap())
+        Arc::new(
+            FeedEvent::from_stored(seq, stored.to_string().as_bytes(), &crate::frames::no_site)
+                .unwrap(),
+        )
     }
 
     #[test]
@@ -309,6 +315,7 @@ mod tests {
         let a = Filter {
             site: "a".into(),
             collections: None,
+            preview: false,
         };
         let recent: Vec<u64> = hub
             .recent(10, &a, 10, usize::MAX)
@@ -341,6 +348,7 @@ mod tests {
         let a = Filter {
             site: "a".into(),
             collections: None,
+            preview: false,
         };
         let recent: Vec<u64> = hub
             .recent(5, &a, 10, usize::MAX)

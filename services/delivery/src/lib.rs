@@ -15,6 +15,7 @@ pub mod history;
 pub mod hub;
 pub mod live;
 pub mod routes;
+pub mod subscriber;
 pub mod window;
 
 use std::sync::Arc;
@@ -70,6 +71,7 @@ impl Application {
         tokio::spawn(hub::run_feed(
             platform.jetstream.clone(),
             platform.disconnects.clone(),
+            platform.registry.clone(),
             hub.clone(),
             shutdown,
         ));
@@ -77,6 +79,7 @@ impl Application {
             history: history::History::new(
                 platform.client.clone(),
                 platform.jetstream.clone(),
+                platform.registry.clone(),
                 history::ReadLimits {
                     process: config.history_reads,
                     per_site: config.history_reads_per_site,

@@ -5,26 +5,34 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use spool_proto::Audience;
+
 use crate::frames::FeedEvent;
 
-/// Which events a client wants: one site, optionally some collections.
+/// Which events a client gets: one site, optionally some collections; preview-only events
+/// only with preview rights.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
     pub site: String,
     /// `None` = every collection.
     pub collections: Option<Vec<String>>,
+    /// The reader may see preview-only events (drafts) and every item field.
+    pub preview: bool,
 }
 
 impl Filter {
     pub fn matches(&self, event: &FeedEvent) -> bool {
-        event.site == self.site && self.wants_collection(event)
+        event.site == self.site && self.wants(event)
     }
 
-    /// Whether the client wants the event's collection (for events known to be its site's).
-    pub fn wants_collection(&self, event: &FeedEvent) -> bool {
-        self.collections
-            .as_ref()
-            .is_none_or(|list| list.contains(&event.collection))
+    /// Whether the client gets the event (for events known to be its site's): its
+    /// collection, and its audience.
+    pub fn wants(&self, event: &FeedEvent) -> bool {
+        (self.preview || event.audience == Audience::Public)
+            && self
+                .collections
+                .as_ref()
+                .is_none_or(|list| list.contains(&event.collection))
     }
 }
 
@@ -136,13 +144,17 @@ mod tests {
             "item": {"id": "1"}, "paths": [], "tags": [],
             "occurred_at": "2026-11-25T10:00:00Z", "received_at": "2026-11-25T10:00:00Z"
         });
-        Arc::new(FeedEvent::from_stored(seq, stored.to_string().as_bytes()).unwrap())
+        Arc::new(
+            FeedEvent::from_stored(seq, stored.to_string().as_bytes(), &crate::frames::no_site)
+                .unwrap(),
+        )
     }
 
     fn site(s: &str) -> Filter {
         Filter {
             site: s.into(),
             collections: None,
+            preview: false,
         }
     }
 
@@ -172,6 +184,7 @@ mod tests {
         let blog = Filter {
             site: "b".into(),
             collections: Some(vec!["blog".into()]),
+            preview: false,
         };
         assert_eq!(
             seqs(w.page(100, &blog, 10, usize::MAX, w.last_seq())),

@@ -316,6 +316,7 @@ mod tests {
             url: url.to_owned(),
             secret: SECRET.into(),
             collections: None,
+            types: None,
         };
         let site = SiteId::parse("acme").unwrap();
         let body = RevalidateBody::merge(&site, []);

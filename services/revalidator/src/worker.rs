@@ -249,7 +249,7 @@ impl Worker {
         let targets: Vec<RevalidateTarget> = site
             .revalidate
             .iter()
-            .filter(|t| t.wants(&event.collection))
+            .filter(|t| t.wants(&event.collection) && t.wants_event(event.kind, event.audience))
             .cloned()
             .collect();
         if targets.is_empty() {

@@ -5,12 +5,16 @@ use std::sync::Arc;
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use std::time::SystemTime;
+
 use spool_platform::http::bearer_token;
+use spool_proto::signing::SigningKey;
 use spool_proto::{Site, SiteId};
 
 use super::AppState;
 use crate::error::DeliveryError;
 use crate::routes::params::Params;
+use crate::subscriber::{self, Refusal};
 
 /// The site of a request, or why not.
 pub fn site(state: &AppState, site: String) -> Result<Arc<Site>, DeliveryError> {
@@ -29,14 +33,77 @@ const TOKEN_REQUIRED: &str =
     "a read token is required: Authorization: Bearer <token> or ?token=<token>";
 const TOKEN_REFUSED: &str = "this token can't read this site";
 
-/// A read token from `Authorization: Bearer` or `?token=`, unless the site is public.
-pub fn authorize(site: &Site, headers: &HeaderMap, params: &Params) -> Result<(), DeliveryError> {
-    if site.public {
-        return Ok(());
+/// What a reader may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reader {
+    /// Preview-only events (drafts) and every item field too.
+    pub preview: bool,
+    /// The collections its token limits it to (`None` = any).
+    pub collections: Option<Vec<String>>,
+    /// When its token expires: an open stream ends then, telling the client why.
+    pub expires: Option<std::time::SystemTime>,
+}
+
+impl Reader {
+    /// A visitor: what the site publishes, no expiry.
+    const VISITOR: Reader = Reader {
+        preview: false,
+        collections: None,
+        expires: None,
+    };
+
+    /// The collections this reader gets, given what it asked for: what it asked, within
+    /// what its token allows.
+    pub fn collections(
+        &self,
+        asked: Option<Vec<String>>,
+    ) -> Result<Option<Vec<String>>, DeliveryError> {
+        let Some(allowed) = &self.collections else {
+            return Ok(asked);
+        };
+        match asked {
+            None => Ok(Some(allowed.clone())),
+            Some(asked) => match asked.iter().find(|c| !allowed.contains(c)) {
+                Some(outside) => Err(DeliveryError::Forbidden(format!(
+                    "the subscriber token does not allow collection {outside:?}"
+                ))),
+                None => Ok(Some(asked)),
+            },
+        }
     }
-    match bearer_token(headers).or(params.token()) {
+}
+
+/// Who the caller is, from `Authorization: Bearer` or `?token=`: a subscriber token (a JWT
+/// the site's backend minted: its scope, collections and expiry), one of the site's static
+/// read tokens (what visitors see), or nobody (a public site's visitor). Every refusal says
+/// why; the token itself is never repeated or logged.
+pub fn authorize(
+    site: &Site,
+    headers: &HeaderMap,
+    params: &Params,
+) -> Result<Reader, DeliveryError> {
+    let token = bearer_token(headers).or(params.token());
+    match token {
+        Some(token) if subscriber::looks_like_jwt(token) => {
+            let key = site
+                .subscriber_secret
+                .as_deref()
+                .and_then(|secret| SigningKey::from_secret(secret).ok());
+            let grant =
+                subscriber::verify(token, site.id.as_str(), key.as_ref(), SystemTime::now())
+                    .map_err(|refusal| match refusal {
+                        Refusal::WrongScope => DeliveryError::Forbidden(refusal.to_string()),
+                        _ => DeliveryError::TokenRefused(refusal),
+                    })?;
+            Ok(Reader {
+                preview: grant.preview,
+                collections: grant.collections,
+                expires: Some(grant.expires),
+            })
+        }
+        _ if site.public => Ok(Reader::VISITOR),
         None => Err(DeliveryError::Unauthorized(TOKEN_REQUIRED)),
-        Some(token) if site.accepts_read_token(token) => Ok(()),
+        Some(token) if site.accepts_read_token(token) => Ok(Reader::VISITOR),
         Some(_) => Err(DeliveryError::Unauthorized(TOKEN_REFUSED)),
     }
 }
@@ -45,8 +112,15 @@ pub fn authorize(site: &Site, headers: &HeaderMap, params: &Params) -> Result<()
 /// credentials (`401`, same message), so that nobody can tell which sites exist by asking.
 pub fn hide_unknown(error: DeliveryError, headers: &HeaderMap, params: &Params) -> DeliveryError {
     match error {
-        DeliveryError::UnknownSite(_) => match bearer_token(headers).or(params.token()) {
+        DeliveryError::UnknownSite(site) => match bearer_token(headers).or(params.token()) {
             None => DeliveryError::Unauthorized(TOKEN_REQUIRED),
+            // As a site without a subscriber key answers the same token.
+            Some(token) if subscriber::looks_like_jwt(token) => {
+                match subscriber::verify(token, &site, None, SystemTime::now()) {
+                    Err(refusal) => DeliveryError::TokenRefused(refusal),
+                    Ok(_) => DeliveryError::Unauthorized(TOKEN_REFUSED),
+                }
+            }
             Some(_) => DeliveryError::Unauthorized(TOKEN_REFUSED),
         },
         other => other,
@@ -68,17 +142,34 @@ pub fn revoked(
             if changes.changed().await.is_err() {
                 return std::future::pending().await;
             }
-            let still = registry.get(site.as_str()).is_some_and(|site| {
-                site.public
-                    || token
-                        .as_deref()
-                        .is_some_and(|token| site.accepts_read_token(token))
-            });
+            let still = registry
+                .get(site.as_str())
+                .is_some_and(|site| may_still_read(&site, token.as_deref()));
             if !still {
                 metrics::counter!("spool_delivery_streams_revoked_total").increment(1);
                 return;
             }
         }
+    }
+}
+
+/// Does the reader with `token` still have the access it was given? (A subscriber token
+/// that expires meanwhile is ended by its own timer, which tells the client why.)
+fn may_still_read(site: &Site, token: Option<&str>) -> bool {
+    match token {
+        Some(token) if subscriber::looks_like_jwt(token) => {
+            let key = site
+                .subscriber_secret
+                .as_deref()
+                .and_then(|secret| SigningKey::from_secret(secret).ok());
+            matches!(
+                subscriber::verify(token, site.id.as_str(), key.as_ref(), SystemTime::now()),
+                Ok(_) | Err(Refusal::Expired)
+            )
+        }
+        _ if site.public => true,
+        Some(token) => site.accepts_read_token(token),
+        None => false,
     }
 }
 

@@ -46,13 +46,14 @@ async fn answer(
     headers: &HeaderMap,
     params: &Params,
 ) -> Result<Response, DeliveryError> {
-    access::authorize(site, headers, params)?;
+    let reader = access::authorize(site, headers, params)?;
     let since = params.since()?;
     let limit = params.limit()?;
     let wait = params.wait()?;
     let filter = Filter {
         site: site.id.to_string(),
-        collections: params.collections()?,
+        collections: reader.collections(params.collections()?)?,
+        preview: reader.preview,
     };
     if !state.hub.is_ready() {
         return Err(DeliveryError::Unavailable(
@@ -62,12 +63,15 @@ async fn answer(
     let _open = OpenConnection::new("poll");
     let Some(since) = since else {
         // No cursor: nothing yet, and where "now" is.
-        return Ok(page(&CatchUp {
-            reset: None,
-            events: Vec::new(),
-            cursor: state.hub.last_seq(),
-            complete: true,
-        }));
+        return Ok(page(
+            &CatchUp {
+                reset: None,
+                events: Vec::new(),
+                cursor: state.hub.last_seq(),
+                complete: true,
+            },
+            filter.preview,
+        ));
     };
     // Subscribed before looking, so an event landing in between wakes the wait.
     let mut live = (!wait.is_zero()).then(|| state.hub.subscribe(&filter.site));
@@ -88,7 +92,7 @@ async fn answer(
     }
     metrics::counter!("spool_delivery_events_delivered_total", "kind" => "poll")
         .increment(found.events.len() as u64);
-    Ok(page(&found))
+    Ok(page(&found, filter.preview))
 }
 
 /// A history read that failed or was turned away, as the poll's answer.
@@ -124,12 +128,12 @@ async fn wait_for(
 }
 
 /// `{"events": [...], "next": N, "reset": null | {...}}`.
-fn page(found: &CatchUp) -> Response {
+fn page(found: &CatchUp, preview: bool) -> Response {
     let mut body = BytesMut::with_capacity(
         64 + found
             .events
             .iter()
-            .map(|e| e.json().len() + 1)
+            .map(|e| e.json(preview).len() + 1)
             .sum::<usize>(),
     );
     body.put_slice(b"{\"events\":[");
@@ -137,7 +141,7 @@ fn page(found: &CatchUp) -> Response {
         if i > 0 {
             body.put_u8(b',');
         }
-        body.put_slice(&event.json());
+        body.put_slice(&event.json(preview));
     }
     let reset = serde_json::to_string(&found.reset).unwrap_or_else(|_| "null".into());
     body.put_slice(format!("],\"next\":{},\"reset\":{reset}}}", found.cursor).as_bytes());

@@ -53,11 +53,12 @@ pub async fn stream(
         Err(e) => return refuse(&state, access::hide_unknown(e, &headers, &params), None),
     };
     let origin = access::allowed_origin(&site, &headers);
-    let start = access::authorize(&site, &headers, &params).and_then(|()| {
+    let start = access::authorize(&site, &headers, &params).and_then(|reader| {
         let cursor = stream_cursor(&params, last_event_id(&headers)?)?;
         let filter = Filter {
             site: site.id.to_string(),
-            collections: params.collections()?,
+            collections: reader.collections(params.collections()?)?,
+            preview: reader.preview,
         };
         if !state.hub.is_ready() {
             return Err(DeliveryError::Unavailable(
@@ -67,9 +68,9 @@ pub async fn stream(
         if state.platform.shutdown.is_cancelled() {
             return Err(DeliveryError::Unavailable("shutting down".into()));
         }
-        Ok((cursor, filter))
+        Ok((cursor, filter, reader.expires))
     });
-    let (cursor, filter) = match start {
+    let (cursor, filter, token_expires) = match start {
         Ok(start) => start,
         Err(e) => return refuse(&state, e, origin),
     };
@@ -84,7 +85,13 @@ pub async fn stream(
         site.id.clone(),
         access::presented_token(&headers, &params),
     ));
-    let session = Session::start(&state, filter, cursor, revoked, slot);
+    let mut session = Session::start(&state, filter, cursor, revoked, slot);
+    if let Some(at) = token_expires {
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        session.token_expires = Some(Box::pin(tokio::time::sleep(left)));
+    }
     with_cors(sse_response(Body::from_stream(session)), origin)
 }
 
@@ -186,6 +193,9 @@ struct Session {
     /// The end of this stream's life (`SPOOL_MAX_STREAM_LIFETIME`): it ends, and its client
     /// resumes from its last id.
     expires: Pin<Box<tokio::time::Sleep>>,
+    /// When the reader's subscriber token expires: the stream ends then with
+    /// `event: token_expired`, and the client resumes with a new token.
+    token_expires: Option<Pin<Box<tokio::time::Sleep>>>,
     delivered: metrics::Counter,
     _open: OpenConnection,
     _slot: SiteStream,
@@ -224,6 +234,7 @@ impl Session {
             heartbeat,
             revoked,
             expires: Box::pin(tokio::time::sleep(lifetime(settings.max_lifetime))),
+            token_expires: None,
             delivered: metrics::counter!("spool_delivery_events_delivered_total", "kind" => "sse"),
             _open: OpenConnection::new("sse"),
             _slot: slot,
@@ -261,8 +272,11 @@ impl Session {
             self.queued.push_back(frames::reset(reset));
         }
         self.delivered.increment(page.events.len() as u64);
-        self.queued
-            .extend(page.events.iter().map(|event| event.frame()));
+        self.queued.extend(
+            page.events
+                .iter()
+                .map(|event| event.frame(self.filter.preview)),
+        );
         if let Some(last) = page.events.last() {
             self.sent_id = last.seq;
         }
@@ -294,7 +308,7 @@ impl Session {
                     continue;
                 }
                 self.cursor = event.seq;
-                if !self.filter.wants_collection(event) {
+                if !self.filter.wants(event) {
                     continue;
                 }
                 self.sent_id = event.seq;
@@ -312,7 +326,9 @@ impl Session {
             match self.poll_live(cx) {
                 Poll::Ready(Recv::Item(event)) => {
                     events += 1;
-                    chunk.push(event.frame_bytes(), || self.live.waiting());
+                    chunk.push(event.frame_bytes(self.filter.preview), || {
+                        self.live.waiting()
+                    });
                 }
                 Poll::Ready(Recv::Lagged) => {
                     self.recover();
@@ -393,6 +409,14 @@ impl Stream for Session {
             metrics::counter!("spool_delivery_streams_expired_total").increment(1);
             return Poll::Ready(None);
         }
+        if let Some(token_expires) = this.token_expires.as_mut() {
+            if token_expires.as_mut().poll(cx).is_ready() {
+                this.token_expires = None;
+                this.ending = true;
+                this.fetching = None;
+                this.queued.push_back(frames::token_expired());
+            }
+        }
         loop {
             if let Some(chunk) = take_chunk(&mut this.queued) {
                 return Poll::Ready(Some(Ok(chunk)));
@@ -422,7 +446,7 @@ impl Stream for Session {
             }
             match this.poll_live(cx) {
                 Poll::Ready(Recv::Item(event)) => {
-                    let chunk = this.with_ready_events(event.frame(), cx);
+                    let chunk = this.with_ready_events(event.frame(this.filter.preview), cx);
                     return Poll::Ready(Some(Ok(chunk)));
                 }
                 Poll::Ready(Recv::Lagged) => {

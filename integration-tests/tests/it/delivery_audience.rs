@@ -1,0 +1,327 @@
+//! Who sees what. A draft (`content.updated` by default) reaches readers with preview rights
+//! only — a subscriber token of scope `preview` — on every path (SSE live, SSE resume from
+//! the window and from JetStream, poll), and visitors' cursors move past it; visitors see
+//! only the site's public item fields. Subscriber tokens are verified (expiry, site, scope,
+//! signature, algorithm, collections), and a stream ends at its token's expiry with
+//! `event: token_expired`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use spool_integration_tests::nats_server::NatsServer;
+use spool_integration_tests::services::{delivery_config, ingest_config, TestService};
+use spool_integration_tests::sse::SseClient;
+use spool_integration_tests::webhook::Webhook;
+use spool_integration_tests::{site_json, TEST_SECRET};
+use spool_proto::signing::SigningKey;
+
+const T: Duration = Duration::from_secs(10);
+/// The site's static read token: what its public pages carry.
+const READ_TOKEN: &str = "rk_test_acme_0123456789";
+const SECRET_TITLE: &str = "Secret plan for the launch";
+
+struct Sys {
+    nats: NatsServer,
+    ingest: TestService,
+    delivery: TestService,
+}
+
+/// acme with the default audiences and public fields, and a subscriber secret.
+async fn start() -> Sys {
+    let nats = NatsServer::start().await;
+    let ingest = TestService::start(ingest_config(&nats.url())).await;
+    let mut site = site_json("acme");
+    site.as_object_mut().unwrap().remove("public_fields");
+    site["subscriber_secret"] = TEST_SECRET.into();
+    ingest.put_site(&site).await;
+    let delivery = TestService::start_delivery(delivery_config(&nats.url())).await;
+    Sys {
+        nats,
+        ingest,
+        delivery,
+    }
+}
+
+impl Sys {
+    async fn send(&self, id: &str, kind: &str, title: &str) -> u64 {
+        let body = json!({
+            "type": kind, "collection": "blog",
+            "item": {"id": id, "slug": id, "title": title, "body": "text"},
+        });
+        let (status, answer) = Webhook::with_body(id, body.to_string().into_bytes())
+            .send(&self.ingest.http, &self.ingest.base_url, "acme")
+            .await;
+        assert_eq!(status, 202, "{answer}");
+        answer["seq"].as_u64().unwrap()
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A subscriber token signed with the site's secret (or `key`).
+fn token(claims: Value) -> String {
+    let key = SigningKey::from_secret(TEST_SECRET).unwrap();
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(key.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn preview_token() -> String {
+    token(json!({"sub": "editor", "site": "acme", "exp": now() + 600, "scope": "preview"}))
+}
+
+fn poll(delivery: &TestService, query: &str, token: &str) -> reqwest::RequestBuilder {
+    delivery
+        .http
+        .get(delivery.url(&format!("/v1/sites/acme/events{query}")))
+        .bearer_auth(token)
+}
+
+fn stream(delivery: &TestService, query: &str, token: &str) -> reqwest::RequestBuilder {
+    delivery
+        .http
+        .get(delivery.url(&format!("/v1/sites/acme/events/stream{query}")))
+        .bearer_auth(token)
+}
+
+async fn page(delivery: &TestService, query: &str, token: &str) -> Value {
+    let r = poll(delivery, query, token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    if token == READ_TOKEN {
+        assert!(!text.contains("Secret"), "a visitor saw the draft: {text}");
+    }
+    serde_json::from_str(&text).unwrap()
+}
+
+fn seqs(page: &Value) -> Vec<u64> {
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect()
+}
+
+/// Reads a stream's raw body until it holds `id: {seq}\ndata:` (or times out).
+async fn raw_until(request: reqwest::RequestBuilder, seq: u64) -> String {
+    let r = request.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let mut text = String::new();
+    let want = format!("id: {seq}\ndata:");
+    while !text.contains(&want) {
+        let chunk = tokio::time::timeout(T, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("no event {seq} in {text}"))
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text
+}
+
+#[tokio::test]
+async fn a_draft_reaches_preview_readers_only_on_every_path() {
+    let sys = start().await;
+    let mut visitor = SseClient::connect(stream(&sys.delivery, "", READ_TOKEN), None).await;
+    let mut editor = SseClient::connect(stream(&sys.delivery, "", &preview_token()), None).await;
+    assert_eq!(visitor.next_event(T).await.unwrap().event, "ready");
+    assert_eq!(editor.next_event(T).await.unwrap().event, "ready");
+
+    let draft = sys.send("d1", "content.updated", SECRET_TITLE).await;
+    let published = sys.send("p1", "content.published", "Launch").await;
+
+    // Live.
+    let got = visitor.next_message(T).await.unwrap();
+    assert_eq!(
+        got.id, published,
+        "the visitor's first event is the published one"
+    );
+    assert_eq!(
+        got.data["item"],
+        json!({"id": "p1", "slug": "p1"}),
+        "public fields only"
+    );
+    assert_eq!(got.data["audience"], "public");
+    let first = editor.next_message(T).await.unwrap();
+    assert_eq!(first.id, draft);
+    assert_eq!(first.data["item"]["title"], SECRET_TITLE);
+    assert_eq!(first.data["audience"], "preview");
+    let second = editor.next_message(T).await.unwrap();
+    assert_eq!(
+        second.data["item"]["body"], "text",
+        "every field for preview"
+    );
+
+    // Resume from before the draft (from the window), and poll.
+    let raw = raw_until(stream(&sys.delivery, "?since=0", READ_TOKEN), published).await;
+    assert!(!raw.contains("Secret"), "{raw}");
+    let visitor_page = page(&sys.delivery, "?since=0", READ_TOKEN).await;
+    assert_eq!(seqs(&visitor_page), [published]);
+    let only_draft = page(&sys.delivery, &format!("?since={}", draft - 1), READ_TOKEN).await;
+    assert_eq!(seqs(&only_draft), [published]);
+    let editor_page = page(&sys.delivery, "?since=0", &preview_token()).await;
+    assert_eq!(seqs(&editor_page), [draft, published]);
+    assert_eq!(editor_page["events"][0]["item"]["title"], SECRET_TITLE);
+
+    // A visitor polling right after the draft: nothing, and its cursor moves past it.
+    let after_draft = page(&sys.delivery, &format!("?since={published}"), READ_TOKEN).await;
+    assert!(seqs(&after_draft).is_empty());
+    let draft2 = sys.send("d2", "content.created", SECRET_TITLE).await;
+    let moved = {
+        let mut next = 0;
+        for _ in 0..100 {
+            let p = page(&sys.delivery, &format!("?since={published}"), READ_TOKEN).await;
+            assert!(seqs(&p).is_empty());
+            next = p["next"].as_u64().unwrap();
+            if next >= draft2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        next
+    };
+    assert_eq!(moved, draft2, "the visitor's cursor moved past the draft");
+
+    // From JetStream: a delivery whose window no longer holds these events.
+    let mut config = delivery_config(&sys.nats.url());
+    config.replay_window = 1;
+    let small = TestService::start_delivery(config).await;
+    sys.send("p2", "content.published", "Later").await;
+    let last = sys.send("p3", "content.published", "Latest").await;
+    let raw = raw_until(stream(&small, "?since=0", READ_TOKEN), last).await;
+    assert!(!raw.contains("Secret"), "{raw}");
+    let from_stream = page(&small, "?since=0", READ_TOKEN).await;
+    assert!(!seqs(&from_stream).contains(&draft));
+    let editor_stream = page(&small, "?since=0", &preview_token()).await;
+    assert!(seqs(&editor_stream).starts_with(&[draft, published]));
+}
+
+#[tokio::test]
+async fn subscriber_tokens_are_refused_with_the_reason() {
+    let sys = start().await;
+    let base = json!({"sub": "u", "site": "acme", "exp": now() + 600, "scope": "preview"});
+    let with = |field: &str, value: Value| {
+        let mut claims = base.clone();
+        claims[field] = value;
+        token(claims)
+    };
+    let signed_elsewhere = encode(
+        &Header::new(Algorithm::HS256),
+        &base,
+        &EncodingKey::from_secret(b"another key, not the site's one"),
+    )
+    .unwrap();
+    let parts: Vec<String> = preview_token().split('.').map(str::to_owned).collect();
+    let none = {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.",
+            b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(base.to_string())
+        )
+    };
+    let tampered = {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut claims = base.clone();
+        claims["site"] = "acme".into();
+        claims["exp"] = (now() + 99_999).into();
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            b64.encode(claims.to_string()),
+            parts[2]
+        )
+    };
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "expired",
+            with("exp", (now() - 10).into()),
+            401,
+            "token_expired",
+        ),
+        (
+            "wrong site",
+            with("site", "other".into()),
+            401,
+            "token_invalid",
+        ),
+        (
+            "wrong scope",
+            with("scope", "admin".into()),
+            403,
+            "forbidden",
+        ),
+        ("another key", signed_elsewhere, 401, "token_invalid"),
+        ("tampered", tampered, 401, "token_invalid"),
+        ("alg none", none, 401, "token_invalid"),
+    ];
+    for (what, token, status, code) in cases {
+        for (kind, request) in [
+            ("poll", poll(&sys.delivery, "?since=0", &token)),
+            ("stream", stream(&sys.delivery, "", &token)),
+        ] {
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status().as_u16(), status, "{what} ({kind})");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], code, "{what} ({kind}): {body}");
+            assert!(
+                !body.to_string().contains(&token),
+                "the token is never echoed"
+            );
+        }
+    }
+    // Collections: a token for `blog` may not ask for `news`, and gets `blog` by default.
+    let blog_only = with("collections", json!(["blog"]));
+    let r = poll(&sys.delivery, "?since=0&collections=news", &blog_only)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = poll(&sys.delivery, "?since=0", &blog_only)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // An unknown site answers a token as a site without a subscriber key does.
+    let r = sys
+        .delivery
+        .http
+        .get(sys.delivery.url("/v1/sites/nosuchsite/events"))
+        .bearer_auth(preview_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn a_stream_ends_at_its_tokens_expiry_saying_so() {
+    let sys = start().await;
+    let short = token(json!({"sub": "u", "site": "acme", "exp": now() + 2, "scope": "preview"}));
+    let started = std::time::Instant::now();
+    let mut client = SseClient::connect(stream(&sys.delivery, "", &short), None).await;
+    assert_eq!(client.next_event(T).await.unwrap().event, "ready");
+    let end = client.next_event(T).await.unwrap();
+    assert_eq!(end.event, "token_expired");
+    assert!(client.next_event(T).await.is_none(), "and the stream ends");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // With a new token, it resumes.
+    let seq = sys.send("p1", "content.published", "After").await;
+    let mut again =
+        SseClient::connect(stream(&sys.delivery, "?since=0", &preview_token()), None).await;
+    assert_eq!(again.next_message(T).await.unwrap().id, seq);
+}
