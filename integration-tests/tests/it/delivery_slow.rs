@@ -26,11 +26,11 @@ async fn stuck_client(base_url: &str) -> tokio::net::TcpStream {
     stream
 }
 
-/// A webhook whose event is about `size` bytes.
+/// A webhook whose event is about `size` bytes (in a field visitors see).
 fn big(i: usize, size: usize) -> Webhook {
     let body = serde_json::json!({
         "type": "content.published", "collection": "blog",
-        "item": { "id": i.to_string(), "slug": format!("p{i}"), "body": "x".repeat(size) },
+        "item": { "id": i.to_string(), "slug": format!("p{i}"), "title": "x".repeat(size) },
     });
     Webhook::with_body(&format!("big{i}"), body.to_string().into_bytes())
 }

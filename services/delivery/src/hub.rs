@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
+use spool_platform::health::Readiness;
 use spool_platform::nats::Disconnects;
 use spool_platform::registry::SiteRegistry;
 use spool_platform::trace;
@@ -178,9 +179,21 @@ pub async fn run_feed(
     js: jetstream::Context,
     disconnects: Disconnects,
     registry: SiteRegistry,
+    readiness: Readiness,
     hub: Arc<Hub>,
     shutdown: CancellationToken,
 ) {
+    // Each event is encoded once, with its site's public fields: none before the registry
+    // has loaded (an event encoded without its site would show visitors the defaults).
+    while !readiness.registry_loaded() {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = shutdown.cancelled() => {
+                hub.close();
+                return;
+            }
+        }
+    }
     feed(js, disconnects, &registry, &hub, shutdown).await;
     hub.close();
 }

@@ -72,6 +72,7 @@ impl Application {
             platform.jetstream.clone(),
             platform.disconnects.clone(),
             platform.registry.clone(),
+            platform.readiness.clone(),
             hub.clone(),
             shutdown,
         ));
