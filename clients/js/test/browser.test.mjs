@@ -6,7 +6,8 @@ import { createServer } from "node:http";
 import { extname, join, normalize } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { chromium } from "playwright-core";
-import { eventually, metric, publish, site, startStack } from "./harness.mjs";
+import { createSubscriberToken } from "@spool-live/next/server";
+import { WEBHOOK_SECRET, eventually, metric, publish, site, startStack } from "./harness.mjs";
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const CLIENT_DIST = join(import.meta.dirname, "../packages/client/dist");
@@ -14,11 +15,21 @@ const PAGE = join(import.meta.dirname, "fixtures/browser/index.html");
 const TOKEN = "rk_test_acme_0123456789";
 const SSE = 'spool_delivery_open_connections{kind="sse"}';
 
-/** Serves the test page and the built client on their own origin (so CORS is real). */
+/**
+ * Serves the test page and the built client on their own origin (so CORS is real), and
+ * `/token`: a subscriber token of acme, scope preview, valid 2 s (as a site's backend would).
+ */
 async function pageServer() {
   const types = { ".js": "text/javascript", ".map": "application/json", ".html": "text/html" };
-  const server = createServer((req, res) => {
+  const tokens = { minted: 0 };
+  const server = createServer(async (req, res) => {
     const path = new URL(req.url, "http://x").pathname;
+    if (path === "/token") {
+      tokens.minted++;
+      const token = await createSubscriberToken({ site: "acme", secret: WEBHOOK_SECRET, scope: "preview", ttl: 2 });
+      res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ token }));
+      return;
+    }
     let file;
     if (path === "/" || path === "/index.html") file = PAGE;
     else if (path.startsWith("/client/")) file = join(CLIENT_DIST, normalize(path.slice("/client/".length)));
@@ -30,7 +41,7 @@ async function pageServer() {
     res.end(readFileSync(file));
   });
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
-  return { origin: `http://127.0.0.1:${server.address().port}`, close: () => server.close() };
+  return { origin: `http://127.0.0.1:${server.address().port}`, tokens, close: () => server.close() };
 }
 
 describe("@spool-live/client in headless Chromium", () => {
@@ -44,7 +55,10 @@ describe("@spool-live/client in headless Chromium", () => {
     assert.ok(existsSync(join(CLIENT_DIST, "index.js")), "build the client first: npm run build");
     pages = await pageServer();
     stack = await startStack({
-      sites: [site("acme", { cors_origins: [pages.origin] }), site("open", { public: true, cors_origins: [pages.origin] })],
+      sites: [
+        site("acme", { cors_origins: [pages.origin], subscriber_secret: WEBHOOK_SECRET }),
+        site("open", { public: true, cors_origins: [pages.origin] }),
+      ],
     });
     browser = await chromium.launch({
       executablePath: CHROMIUM,
@@ -166,6 +180,22 @@ describe("@spool-live/client in headless Chromium", () => {
     }
     await eventually("one SSE connection", async () => (await metric(stack.delivery.url, SSE)) === 1);
     for (const tab of rest) await tab.close();
+  });
+
+  it("renews an expiring subscriber token and keeps every event", async () => {
+    const page = await open({ delivery: stack.delivery.url, site: "acme", tokenUrl: "/token", share: "off" });
+    await eventually("live", async () => (await spool(page)).status === "live");
+    const minted = pages.tokens.minted;
+    const sent = [];
+    for (let i = 0; i < 6; i++) {
+      sent.push((await publish(stack.ingest.url, "acme")).seq);
+      await new Promise((r) => setTimeout(r, 800));
+    }
+    await page.waitForFunction((n) => window.spool.events.length >= n, sent.length, { timeout: 15000 });
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual((await spool(page)).events.map((e) => e.seq), sent);
+    assert.ok(pages.tokens.minted >= minted + 2, `renewed: ${pages.tokens.minted - minted} more tokens`);
+    await page.close();
   });
 
   it("keeps every event across a delivery restart", async () => {

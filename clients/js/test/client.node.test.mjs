@@ -3,7 +3,8 @@ import assert from "node:assert/strict";
 import { createServer, request as httpRequest } from "node:http";
 import { after, before, describe, it } from "node:test";
 import { subscribe } from "@spool-live/client";
-import { eventually, publish, site, startStack } from "./harness.mjs";
+import { createSubscriberToken } from "@spool-live/next/server";
+import { WEBHOOK_SECRET, eventually, publish, site, startStack } from "./harness.mjs";
 
 const TOKEN = "rk_test_acme_0123456789";
 const fast = { backoff: { initialMs: 50, maxMs: 500 } };
@@ -62,7 +63,9 @@ async function sseBlockingProxy(target) {
 describe("@spool-live/client against the real services (Node)", () => {
   let stack;
   before(async () => {
-    stack = await startStack({ sites: [site("acme"), site("open", { public: true })] });
+    stack = await startStack({
+      sites: [site("acme", { subscriber_secret: WEBHOOK_SECRET }), site("open", { public: true })],
+    });
   });
   after(async () => {
     if (process.env.SPOOL_TEST_DEBUG) {
@@ -163,6 +166,30 @@ describe("@spool-live/client against the real services (Node)", () => {
     assert.equal(refused.transport, "poll");
     unsubscribe();
   });
+  it("renews an expiring subscriber token and resumes without a gap, drafts included in preview", async (t) => {
+    let minted = 0;
+    const getToken = async () => {
+      minted++;
+      return createSubscriberToken({ site: "acme", secret: WEBHOOK_SECRET, scope: "preview", ttl: 2 });
+    };
+    const c = collector();
+    const unsubscribe = subscribe({ url: stack.delivery.url, site: "acme", getToken, ...fast, ...c });
+    t.after(unsubscribe);
+    await eventually("live", () => c.status() === "live");
+    const sent = [];
+    // Across at least two token expiries (2 s each).
+    for (let i = 0; i < 6; i++) {
+      sent.push((await publish(stack.ingest.url, "acme")).seq);
+      await new Promise((r) => setTimeout(r, 800));
+    }
+    await eventually("every event", () => c.events.length >= sent.length, { timeout: 15000 });
+    await new Promise((r) => setTimeout(r, 200));
+    assert.deepEqual(c.seqs(), sent, "every event once, in order, across the renewals");
+    assert.ok(minted >= 3, `the token was renewed (${minted} minted)`);
+    assert.equal(c.events[0].audience, "public");
+    unsubscribe();
+  });
+
   it("resumes across a delivery restart with no gap and no duplicate", async (t) => {
     const c = collector();
     // A slow restart may take longer than three quick SSE attempts: the client then

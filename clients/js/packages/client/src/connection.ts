@@ -24,6 +24,8 @@ export interface ConnectionHandlers {
 
 export interface ConnectionConfig extends Endpoint {
   since: number | undefined;
+  /** Gets a fresh subscriber token (instead of the static `token`). */
+  getToken?: (() => string | Promise<string>) | undefined;
   transport: "auto" | "sse" | "poll";
   backoff: Required<BackoffOptions>;
   sseFailuresBeforePoll: number;
@@ -52,6 +54,7 @@ interface SseAttempt {
 /** A permanent 4xx: retrying the same request won't change the answer. */
 function isPermanent(error: SpoolError): boolean {
   const s = error.status;
+  if (error.code === "token_expired") return false;
   return s !== undefined && s >= 400 && s < 500 && s !== 408 && s !== 429;
 }
 
@@ -108,6 +111,8 @@ export class Connection {
   private pollGeneration = 0;
   private pollRequest: AbortController | undefined;
   private status: Status | undefined;
+  /** The subscriber token from `getToken`, until the server says it expired. */
+  private token: string | undefined;
 
   constructor(
     private readonly cfg: ConnectionConfig,
@@ -132,6 +137,16 @@ export class Connection {
     }
     this.stopPolling();
     this.setStatus("closed", { transport: this.mode, attempt: 0 });
+  }
+
+  // ---- tokens -------------------------------------------------------------------------
+
+  /** The endpoint with the current token: `getToken`'s (asked for when there is none). */
+  private async endpoint(): Promise<Endpoint> {
+    if (this.cfg.getToken && this.token === undefined) {
+      this.token = await this.cfg.getToken();
+    }
+    return this.cfg.getToken ? { ...this.cfg, token: this.token } : this.cfg;
   }
 
   // ---- events -------------------------------------------------------------------------
@@ -187,7 +202,20 @@ export class Connection {
       return;
     }
     if (this.closed || (asProbe && this.mode !== "poll")) return;
-    const source = new Source(streamUrl(this.cfg, this.cursor));
+    let endpoint: Endpoint = this.cfg;
+    if (this.cfg.getToken) {
+      try {
+        endpoint = await this.endpoint();
+      } catch (e) {
+        if (this.closed) return;
+        const error = { message: `getToken failed: ${(e as Error)?.message ?? e}` };
+        if (asProbe) this.scheduleProbe();
+        else this.retry("sse", error, () => void this.openSse(false));
+        return;
+      }
+      if (this.closed || (asProbe && this.mode !== "poll")) return;
+    }
+    const source = new Source(streamUrl(endpoint, this.cursor));
     const attempt: SseAttempt = { source, ready: false, lastSeq: undefined, readyTimer: undefined, done: false };
     if (asProbe) this.probe = attempt;
     else this.sse = attempt;
@@ -202,6 +230,20 @@ export class Connection {
       // An event proves the stream works even if `ready` got lost on the way.
       if (!attempt.ready) this.onReady(attempt, undefined);
       this.deliver(parse((ev as MessageEvent).data));
+    });
+    source.addEventListener("token_expired", () => {
+      // Our subscriber token expired: a new one, and on from the cursor at once.
+      if (attempt.done) return;
+      this.finish(attempt);
+      this.token = undefined;
+      if (this.closed) return;
+      if (attempt === this.probe) {
+        this.probe = undefined;
+        void this.openSse(true);
+      } else if (attempt === this.sse) {
+        this.sse = undefined;
+        void this.openSse(false);
+      }
     });
     source.addEventListener("goaway", () => {
       // The site has as many streams open on this server as it may: long-poll instead,
@@ -321,7 +363,6 @@ export class Connection {
   private pollOnce(generation: number): void {
     if (this.closed || generation !== this.pollGeneration) return;
     const wait = this.cursor === undefined ? 0 : this.cfg.pollWaitSeconds;
-    const url = pollUrl(this.cfg, this.cursor, { limit: this.cfg.pollLimit, wait });
     const request = new AbortController();
     this.pollRequest = request;
     // A long-poll that outlives its wait by far is a dead connection, not a slow server.
@@ -329,12 +370,18 @@ export class Connection {
     const current = () => !this.closed && generation === this.pollGeneration;
     const run = async (): Promise<SpoolError | undefined> => {
       try {
+        const endpoint = this.cfg.getToken ? await this.endpoint() : this.cfg;
+        const url = pollUrl(endpoint, this.cursor, { limit: this.cfg.pollLimit, wait });
         const response = await this.cfg.fetch(url, {
           signal: request.signal,
-          headers: { accept: "application/json", ...authHeaders(this.cfg) },
+          headers: { accept: "application/json", ...authHeaders(endpoint) },
           cache: "no-store",
         });
-        if (!response.ok) return await httpError(response);
+        if (!response.ok) {
+          const error = await httpError(response);
+          if (error.code === "token_expired") this.token = undefined;
+          return error;
+        }
         const page = (await response.json()) as { events?: unknown[]; next?: unknown; reset?: ResetInfo | null };
         if (!current()) return undefined;
         const next = typeof page.next === "number" ? page.next : undefined;

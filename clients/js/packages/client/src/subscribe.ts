@@ -67,6 +67,7 @@ export function subscribe(options: SubscribeOptions): Unsubscribe {
     url: options.url,
     site: options.site,
     token: options.token,
+    getToken: options.getToken,
     collections,
     since: options.since,
     transport: options.transport ?? "auto",
@@ -118,8 +119,9 @@ export function subscribe(options: SubscribeOptions): Unsubscribe {
       clock,
       connect,
       page: async (since) => {
-        const response = await fetchImpl(pollUrl(config, since, { limit: 1000, wait: 0 }), {
-          headers: { accept: "application/json", ...authHeaders(config) },
+        const endpoint = config.getToken ? { ...config, token: await config.getToken() } : config;
+        const response = await fetchImpl(pollUrl(endpoint, since, { limit: 1000, wait: 0 }), {
+          headers: { accept: "application/json", ...authHeaders(endpoint) },
           cache: "no-store",
         });
         if (!response.ok) throw new Error(`HTTP ${response.status}`);

@@ -100,8 +100,16 @@ export interface SubscribeOptions {
   url: string;
   /** The site id. */
   site: string;
-  /** One of the site's read tokens (omit for a public site). Sent as `?token=`. */
+  /** One of the site's read tokens (omit for a public site). Sent as `?token=` on the stream, as `Authorization` on polls. */
   token?: string;
+  /**
+   * Gets a subscriber token (a short-lived JWT your backend mints, e.g. with
+   * `createSubscriberToken` of `@spool-live/next`), instead of a static `token`. Asked
+   * before the first connection and again whenever the server says the token expired (the
+   * stream's `token_expired`, a poll's `401 token_expired`); the subscription then resumes
+   * from its cursor, without a gap.
+   */
+  getToken?: () => string | Promise<string>;
   /** Only these collections (all when absent). */
   collections?: string[];
   /**

@@ -12,6 +12,14 @@ export interface UseSpoolLiveOptions {
   site?: string;
   /** A read token (omit for a public site). Default `process.env.NEXT_PUBLIC_SPOOL_READ_TOKEN`. */
   token?: string;
+  /**
+   * A route of yours that answers `{"token": "..."}` with a subscriber token
+   * (`createSubscriberToken` of `@spool-live/next/server`); used instead of `token`, and
+   * asked again whenever the token expires. Render `<SpoolLive tokenUrl="/api/spool-token" />`
+   * in draft mode with a route that mints a `preview` token: editors see drafts live,
+   * visitors (a `published` token, or the read token) never do.
+   */
+  tokenUrl?: string;
   collections?: string[];
   /**
    * Subscribe at all. Default: in development (`next dev`) and in Vercel preview
@@ -38,6 +46,15 @@ export interface SpoolLiveState {
   lastEvent: SpoolEvent | undefined;
 }
 
+/** A subscriber token from the site's own route (`{"token": "..."}`). */
+async function fetchToken(tokenUrl: string): Promise<string> {
+  const response = await fetch(tokenUrl, { cache: "no-store", credentials: "same-origin" });
+  if (!response.ok) throw new Error(`${tokenUrl} answered ${response.status}`);
+  const body = (await response.json()) as { token?: unknown };
+  if (typeof body.token !== "string") throw new Error(`${tokenUrl} answered no "token"`);
+  return body.token;
+}
+
 function defaultEnabled(): boolean {
   return process.env.NODE_ENV === "development" || process.env.NEXT_PUBLIC_VERCEL_ENV === "preview";
 }
@@ -50,7 +67,8 @@ export function useSpoolLive(options: UseSpoolLiveOptions = {}): SpoolLiveState 
   const router = useRouter();
   const url = options.url ?? process.env.NEXT_PUBLIC_SPOOL_LIVE_URL;
   const site = options.site ?? process.env.NEXT_PUBLIC_SPOOL_SITE;
-  const token = options.token ?? process.env.NEXT_PUBLIC_SPOOL_READ_TOKEN;
+  const tokenUrl = options.tokenUrl;
+  const token = tokenUrl ? undefined : (options.token ?? process.env.NEXT_PUBLIC_SPOOL_READ_TOKEN);
   const enabled = options.enabled ?? defaultEnabled();
   const debug = options.debug ?? process.env.NODE_ENV === "development";
   const collectionsKey = (options.collections ?? []).join(",");
@@ -83,6 +101,7 @@ export function useSpoolLive(options: UseSpoolLiveOptions = {}): SpoolLiveState 
       url,
       site,
       ...(token ? { token } : {}),
+      ...(tokenUrl ? { getToken: () => fetchToken(tokenUrl) } : {}),
       ...(collectionsKey ? { collections: collectionsKey.split(",") } : {}),
       onEvent: (event) => {
         log(`[DEV] 🔄 Live update: ${event.collection}/${event.item.slug || "no-slug"}`);
@@ -116,7 +135,7 @@ export function useSpoolLive(options: UseSpoolLiveOptions = {}): SpoolLiveState 
       clearTimeout(refreshTimer);
       unsubscribe();
     };
-  }, [enabled, url, site, token, collectionsKey, debug]);
+  }, [enabled, url, site, token, tokenUrl, collectionsKey, debug]);
 
   return state;
 }

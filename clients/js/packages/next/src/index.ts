@@ -2,6 +2,12 @@
 // "@spool-live/next/client"; in a route handler, "@spool-live/next/server" keeps React out.
 export { SpoolLive, useSpoolLive } from "./client.js";
 export type { SpoolLiveProps, SpoolLiveState, UseSpoolLiveOptions } from "./client.js";
-export { createRevalidateHandler, memorySeenStore } from "./server.js";
-export type { RevalidateBody, RevalidateHandlerOptions, SeenStore, TagProfile } from "./server.js";
+export { createRevalidateHandler, createSubscriberToken, memorySeenStore } from "./server.js";
+export type {
+  RevalidateBody,
+  RevalidateHandlerOptions,
+  SeenStore,
+  SubscriberTokenOptions,
+  TagProfile,
+} from "./server.js";
 export type { ResetInfo, SpoolEvent, Status, StatusInfo } from "@spool-live/client";

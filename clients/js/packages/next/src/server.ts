@@ -213,3 +213,64 @@ export function createRevalidateHandler(options: RevalidateHandlerOptions): (req
     }
   };
 }
+
+export interface SubscriberTokenOptions {
+  /** `published` (what visitors see) or `preview` (drafts and every item field too). Default `published`. */
+  scope?: "published" | "preview";
+  /** Limit the reader to these collections (all when absent). */
+  collections?: string[];
+  /** Lifetime in seconds. Default 600. The client asks for a new token when it expires. */
+  ttl?: number;
+  /** Who the token is for (the JWT `sub`), e.g. the editor's id. */
+  sub?: string;
+  /** The site id. Default `process.env.SPOOL_SITE`, else `process.env.NEXT_PUBLIC_SPOOL_SITE`. */
+  site?: string;
+  /** The site's `subscriber_secret` (`whsec_...`). Default `process.env.SPOOL_SUBSCRIBER_SECRET`. */
+  secret?: string;
+  /** The current time in ms (tests). Default `Date.now()`. */
+  now?: number;
+}
+
+function base64url(bytes: Buffer | string): string {
+  return Buffer.from(bytes).toString("base64url");
+}
+
+/**
+ * Mints a subscriber token for `@spool-live/client`'s `getToken` (call it in a route
+ * handler, never in the browser: it needs the site's `subscriber_secret`). A JWT, HS256
+ * with the secret's key (the base64 after `whsec_`), claims `site`, `exp`, `scope`, and
+ * `collections` / `sub` when given.
+ *
+ * ```ts
+ * // app/api/spool-token/route.ts
+ * import { draftMode } from "next/headers";
+ * import { createSubscriberToken } from "@spool-live/next/server";
+ * export async function GET() {
+ *   const { isEnabled } = await draftMode();
+ *   const token = await createSubscriberToken({ scope: isEnabled ? "preview" : "published" });
+ *   return Response.json({ token }, { headers: { "cache-control": "no-store" } });
+ * }
+ * ```
+ */
+export async function createSubscriberToken(options: SubscriberTokenOptions = {}): Promise<string> {
+  const { createHmac } = await import("node:crypto");
+  const secret = options.secret ?? process.env.SPOOL_SUBSCRIBER_SECRET;
+  const site = options.site ?? process.env.SPOOL_SITE ?? process.env.NEXT_PUBLIC_SPOOL_SITE;
+  if (!secret?.startsWith("whsec_")) {
+    throw new Error("createSubscriberToken: set SPOOL_SUBSCRIBER_SECRET (the site's subscriber_secret, whsec_...) or pass `secret`");
+  }
+  if (!site) throw new Error("createSubscriberToken: set SPOOL_SITE (or pass `site`)");
+  const key = Buffer.from(secret.slice("whsec_".length), "base64");
+  const now = Math.floor((options.now ?? Date.now()) / 1000);
+  const claims: Record<string, unknown> = {
+    site,
+    scope: options.scope ?? "published",
+    iat: now,
+    exp: now + Math.max(1, Math.floor(options.ttl ?? 600)),
+  };
+  if (options.sub !== undefined) claims.sub = options.sub;
+  if (options.collections !== undefined) claims.collections = options.collections;
+  const head = `${base64url(JSON.stringify({ alg: "HS256", typ: "JWT" }))}.${base64url(JSON.stringify(claims))}`;
+  const signature = createHmac("sha256", key).update(head).digest();
+  return `${head}.${base64url(signature)}`;
+}
