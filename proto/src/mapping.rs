@@ -74,6 +74,7 @@ mod tests {
             public_types: None,
             public_fields: None,
             subscriber_secret: None,
+            subscriber_jwks_url: None,
         }
     }
 

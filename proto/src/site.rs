@@ -43,6 +43,10 @@ pub struct Site {
     /// by the site's backend); absent = only static read tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscriber_secret: Option<String>,
+    /// Where the public keys of the site's asymmetric subscriber tokens (EdDSA, RS256) are
+    /// published, as a JWKS; the token's `kid` picks the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriber_jwks_url: Option<String>,
 }
 
 /// What visitors see when a site doesn't say.
@@ -168,6 +172,14 @@ impl Site {
         if let Some(secret) = &self.subscriber_secret {
             if let Err(e) = SigningKey::from_secret(secret) {
                 problems.push(format!("subscriber_secret: {e}"));
+            }
+        }
+        if let Some(url) = &self.subscriber_jwks_url {
+            let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+            if !scheme_ok || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                problems.push(format!(
+                    "subscriber_jwks_url: {url:?} must be an http(s) URL"
+                ));
             }
         }
         for (i, field) in self.public_fields.iter().flatten().enumerate() {

@@ -325,3 +325,94 @@ async fn a_stream_ends_at_its_tokens_expiry_saying_so() {
         SseClient::connect(stream(&sys.delivery, "?since=0", &preview_token()), None).await;
     assert_eq!(again.next_message(T).await.unwrap().id, seq);
 }
+
+/// A JWKS endpoint whose keys the test changes.
+async fn jwks_server(keys: std::sync::Arc<std::sync::Mutex<Value>>) -> String {
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let keys = keys.clone();
+            async move { axum::Json(keys.lock().unwrap().clone()) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// An Ed25519 key: what signs (PKCS#8) and its public JWK under `kid`.
+fn ed25519(kid: &str) -> (EncodingKey, Value) {
+    use base64::Engine as _;
+    use ring::signature::KeyPair as _;
+    let pkcs8 =
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
+    (
+        EncodingKey::from_ed_der(pkcs8.as_ref()),
+        json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}),
+    )
+}
+
+fn eddsa(key: &EncodingKey, kid: &str) -> String {
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some(kid.into());
+    let claims = json!({"sub": "editor", "site": "acme", "exp": now() + 600, "scope": "preview"});
+    encode(&header, &claims, key).unwrap()
+}
+
+#[tokio::test]
+async fn tokens_signed_with_a_key_of_the_sites_jwks_are_accepted_and_rotation_is_followed() {
+    let sys = start().await;
+    let (k1, jwk1) = ed25519("k1");
+    let (k2, jwk2) = ed25519("k2");
+    let keys = std::sync::Arc::new(std::sync::Mutex::new(json!({"keys": [jwk1]})));
+    let url = jwks_server(keys.clone()).await;
+    let mut site = site_json("acme");
+    site.as_object_mut().unwrap().remove("public_fields");
+    site["subscriber_jwks_url"] = url.into();
+    sys.ingest.put_site(&site).await;
+    let status = |token: String| {
+        let request = poll(&sys.delivery, "?since=0", &token);
+        async move {
+            let r = request.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    // The site change reaches the delivery through the registry watch.
+    let mut accepted = false;
+    for _ in 0..100 {
+        if status(eddsa(&k1, "k1")).await.0 == 200 {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(accepted, "an EdDSA token of the JWKS's key k1");
+    let (code, body) = status(eddsa(&k1, "k9")).await;
+    assert_eq!(
+        (code, &body["error"]["code"]),
+        (401, &json!("token_invalid")),
+        "{body}"
+    );
+    assert!(body["error"]["message"].as_str().unwrap().contains("kid"));
+    // A token signed by k2 but naming k1: the signature does not verify.
+    let (code, _) = status(eddsa(&k2, "k1")).await;
+    assert_eq!(code, 401);
+
+    // Rotation: the site publishes k2 and drops k1; a token of k2 is accepted once the set
+    // is fetched again (a `kid` the cached set lacks asks for it, at most every few seconds).
+    *keys.lock().unwrap() = json!({"keys": [jwk2]});
+    let mut rotated = false;
+    for _ in 0..150 {
+        if status(eddsa(&k2, "k2")).await.0 == 200 {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rotated, "k2 accepted after the rotation");
+    assert_eq!(status(eddsa(&k1, "k1")).await.0, 401, "k1 is gone");
+}

@@ -370,6 +370,7 @@ async fn the_delivery_router_serves_every_route() {
                 max_lifetime: Duration::from_secs(1800),
             }),
             streams: Arc::new(SiteStreams::new(10)),
+            jwks: Arc::new(spool_delivery::jwks::JwksCache::new().expect("a JWKS client")),
             platform,
         })
     };

@@ -13,6 +13,7 @@ pub mod error;
 pub mod frames;
 pub mod history;
 pub mod hub;
+pub mod jwks;
 pub mod live;
 pub mod routes;
 pub mod subscriber;
@@ -94,6 +95,7 @@ impl Application {
                 max_lifetime: config.max_stream_lifetime,
             }),
             streams: Arc::new(routes::SiteStreams::new(config.max_streams_per_site)),
+            jwks: Arc::new(jwks::JwksCache::new()?),
             platform: platform.clone(),
         };
         Ok(Application {

@@ -1,14 +1,17 @@
-//! Short-lived subscriber tokens: JWTs a site's backend mints for its readers (HS256 with the
-//! site's `subscriber_secret`), carrying who may see what. No I/O.
+//! Short-lived subscriber tokens: JWTs a site's backend mints for its readers, carrying who
+//! may see what — HS256 with the site's `subscriber_secret`, or EdDSA / RS256 with a key of
+//! the site's JWKS (`subscriber_jwks_url`, chosen by the token's `kid`). No I/O: the JWKS
+//! is fetched by [`crate::jwks`].
 //!
 //! Claims: `site` (must be the site read), `exp` (required), `scope` (`published`: what
 //! visitors see; `preview`: drafts and every item field too), optional `sub` and
-//! `collections` (the reader is limited to those). Only HS256 is accepted; `alg: none` and
-//! every other algorithm are refused before any key is tried.
+//! `collections` (the reader is limited to those). `alg: none` and every other algorithm
+//! are refused before any key is tried.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Header, Validation};
 use serde::Deserialize;
 use spool_proto::signing::SigningKey;
 
@@ -35,8 +38,11 @@ pub enum Refusal {
     /// caller can't tell those apart.
     #[error("the subscriber token's signature is not valid for this site (another key signed it, or the site takes no subscriber tokens)")]
     BadSignature,
-    #[error("the subscriber token must be signed with HS256")]
+    #[error("the subscriber token must be signed with HS256, EdDSA or RS256")]
     Algorithm,
+    /// Its `kid` names no key of the site's JWKS (or it has none).
+    #[error("the subscriber token's key id (kid) is not in the site's JWKS")]
+    UnknownKey,
     #[error("the subscriber token is malformed or lacks a required claim (site, exp, scope)")]
     Malformed,
 }
@@ -55,33 +61,57 @@ pub fn looks_like_jwt(token: &str) -> bool {
     token.starts_with("eyJ") && token.split('.').count() == 3
 }
 
-/// Verifies `token` for `site` with the site's subscriber key (`None`: the site takes no
-/// subscriber tokens, or is unknown), at `now`.
-pub fn verify(
-    token: &str,
-    site: &str,
-    key: Option<&SigningKey>,
-    now: SystemTime,
-) -> Result<Grant, Refusal> {
-    let header = jsonwebtoken::decode_header(token).map_err(|_| Refusal::Malformed)?;
-    if header.alg != Algorithm::HS256 {
-        return Err(Refusal::Algorithm);
-    }
-    let key = key.ok_or(Refusal::BadSignature)?;
-    let mut validation = Validation::new(Algorithm::HS256);
+/// The keys a site verifies subscriber tokens with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Keys<'a> {
+    /// From `subscriber_secret`, for HS256.
+    pub secret: Option<&'a SigningKey>,
+    /// The site's JWKS, for EdDSA and RS256.
+    pub jwks: Option<&'a JwkSet>,
+}
+
+/// The header of a token that looks like a JWT: which algorithm and key it claims.
+pub fn header(token: &str) -> Result<Header, Refusal> {
+    jsonwebtoken::decode_header(token).map_err(|_| Refusal::Malformed)
+}
+
+/// Verifies `token` for `site` with the site's keys (none: the site takes no subscriber
+/// tokens, or is unknown), at `now`.
+pub fn verify(token: &str, site: &str, keys: Keys<'_>, now: SystemTime) -> Result<Grant, Refusal> {
+    let header = header(token)?;
+    let key = match header.alg {
+        Algorithm::HS256 => {
+            let secret = keys.secret.ok_or(Refusal::BadSignature)?;
+            DecodingKey::from_secret(secret.as_bytes())
+        }
+        Algorithm::EdDSA | Algorithm::RS256 => {
+            let kid = header.kid.as_deref().ok_or(Refusal::UnknownKey)?;
+            let jwk = keys
+                .jwks
+                .and_then(|set| set.find(kid))
+                .ok_or(Refusal::UnknownKey)?;
+            // A key published for one algorithm is not used with another.
+            if jwk
+                .common
+                .key_algorithm
+                .is_some_and(|alg| algorithm_of(alg) != Some(header.alg))
+            {
+                return Err(Refusal::Algorithm);
+            }
+            DecodingKey::from_jwk(jwk).map_err(|_| Refusal::UnknownKey)?
+        }
+        _ => return Err(Refusal::Algorithm),
+    };
+    let mut validation = Validation::new(header.alg);
     validation.set_required_spec_claims(&["exp"]);
     // Expiry is judged below against `now`, with no leeway.
     validation.validate_exp = false;
-    let data = jsonwebtoken::decode::<Claims>(
-        token,
-        &DecodingKey::from_secret(key.as_bytes()),
-        &validation,
-    )
-    .map_err(|e| match e.kind() {
-        ErrorKind::InvalidSignature => Refusal::BadSignature,
-        ErrorKind::InvalidAlgorithm => Refusal::Algorithm,
-        _ => Refusal::Malformed,
-    })?;
+    let data =
+        jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => Refusal::BadSignature,
+            ErrorKind::InvalidAlgorithm => Refusal::Algorithm,
+            _ => Refusal::Malformed,
+        })?;
     let claims = data.claims;
     let expires = UNIX_EPOCH + Duration::from_secs(claims.exp);
     if expires <= now {
@@ -102,6 +132,17 @@ pub fn verify(
     })
 }
 
+/// The signing algorithm a JWK's `alg` names, among those accepted.
+fn algorithm_of(alg: jsonwebtoken::jwk::KeyAlgorithm) -> Option<Algorithm> {
+    use jsonwebtoken::jwk::KeyAlgorithm;
+    match alg {
+        KeyAlgorithm::EdDSA => Some(Algorithm::EdDSA),
+        KeyAlgorithm::RS256 => Some(Algorithm::RS256),
+        KeyAlgorithm::HS256 => Some(Algorithm::HS256),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +153,13 @@ mod tests {
 
     fn key() -> SigningKey {
         SigningKey::from_secret(SECRET).unwrap()
+    }
+
+    fn keys(secret: &SigningKey) -> Keys<'_> {
+        Keys {
+            secret: Some(secret),
+            jwks: None,
+        }
     }
 
     fn now() -> SystemTime {
@@ -133,7 +181,7 @@ mod tests {
 
     #[test]
     fn a_valid_token_grants_its_scope_and_collections() {
-        let grant = verify(&mint(claims("preview")), "acme", Some(&key()), now()).unwrap();
+        let grant = verify(&mint(claims("preview")), "acme", keys(&key()), now()).unwrap();
         assert!(grant.preview);
         assert_eq!(grant.collections, None);
         assert_eq!(
@@ -142,7 +190,7 @@ mod tests {
         );
         let mut c = claims("published");
         c["collections"] = json!(["blog"]);
-        let grant = verify(&mint(c), "acme", Some(&key()), now()).unwrap();
+        let grant = verify(&mint(c), "acme", keys(&key()), now()).unwrap();
         assert!(!grant.preview);
         assert_eq!(grant.collections, Some(vec!["blog".to_string()]));
         assert!(looks_like_jwt(&mint(claims("preview"))));
@@ -151,7 +199,8 @@ mod tests {
 
     #[test]
     fn every_refusal_names_its_reason() {
-        let verify_at = |token: &str| verify(token, "acme", Some(&key()), now());
+        let secret = key();
+        let verify_at = |token: &str| verify(token, "acme", keys(&secret), now());
         let mut expired = claims("preview");
         expired["exp"] = json!(1_800_000_000u64);
         assert_eq!(verify_at(&mint(expired)), Err(Refusal::Expired));
@@ -197,7 +246,7 @@ mod tests {
         assert_eq!(verify_at(&hs512), Err(Refusal::Algorithm));
         assert_eq!(verify_at("eyJ.not.ajwt"), Err(Refusal::Malformed));
         assert_eq!(
-            verify(&mint(claims("preview")), "acme", None, now()),
+            verify(&mint(claims("preview")), "acme", Keys::default(), now()),
             Err(Refusal::BadSignature),
             "a site without a subscriber_secret looks like a wrong key"
         );

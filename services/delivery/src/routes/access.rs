@@ -14,7 +14,8 @@ use spool_proto::{Site, SiteId};
 use super::AppState;
 use crate::error::DeliveryError;
 use crate::routes::params::Params;
-use crate::subscriber::{self, Refusal};
+use crate::subscriber::{self, Keys, Refusal};
+use jsonwebtoken::Algorithm;
 
 /// The site of a request, or why not.
 pub fn site(state: &AppState, site: String) -> Result<Arc<Site>, DeliveryError> {
@@ -77,7 +78,8 @@ impl Reader {
 /// the site's backend minted: its scope, collections and expiry), one of the site's static
 /// read tokens (what visitors see), or nobody (a public site's visitor). Every refusal says
 /// why; the token itself is never repeated or logged.
-pub fn authorize(
+pub async fn authorize(
+    state: &AppState,
     site: &Site,
     headers: &HeaderMap,
     params: &Params,
@@ -85,16 +87,7 @@ pub fn authorize(
     let token = bearer_token(headers).or(params.token());
     match token {
         Some(token) if subscriber::looks_like_jwt(token) => {
-            let key = site
-                .subscriber_secret
-                .as_deref()
-                .and_then(|secret| SigningKey::from_secret(secret).ok());
-            let grant =
-                subscriber::verify(token, site.id.as_str(), key.as_ref(), SystemTime::now())
-                    .map_err(|refusal| match refusal {
-                        Refusal::WrongScope => DeliveryError::Forbidden(refusal.to_string()),
-                        _ => DeliveryError::TokenRefused(refusal),
-                    })?;
+            let grant = verify_token(state, site, token).await?;
             Ok(Reader {
                 preview: grant.preview,
                 collections: grant.collections,
@@ -108,6 +101,44 @@ pub fn authorize(
     }
 }
 
+/// The site's key for HS256 tokens, if it has one.
+fn secret_of(site: &Site) -> Option<SigningKey> {
+    site.subscriber_secret
+        .as_deref()
+        .and_then(|secret| SigningKey::from_secret(secret).ok())
+}
+
+/// A subscriber token checked against the site's keys: its `subscriber_secret`, or the key
+/// of its JWKS the token names (fetched if need be; a JWKS that can't be read is transient
+/// trouble, not the reader's fault).
+async fn verify_token(
+    state: &AppState,
+    site: &Site,
+    token: &str,
+) -> Result<subscriber::Grant, DeliveryError> {
+    let refused = |refusal: Refusal| match refusal {
+        Refusal::WrongScope => DeliveryError::Forbidden(refusal.to_string()),
+        _ => DeliveryError::TokenRefused(refusal),
+    };
+    let header = subscriber::header(token).map_err(refused)?;
+    let jwks = match (&site.subscriber_jwks_url, header.kid.as_deref()) {
+        (Some(url), Some(kid)) if header.alg != Algorithm::HS256 => Some(
+            state
+                .jwks
+                .get(url, kid)
+                .await
+                .map_err(|e| DeliveryError::Unavailable(e.to_string()))?,
+        ),
+        _ => None,
+    };
+    let secret = secret_of(site);
+    let keys = Keys {
+        secret: secret.as_ref(),
+        jwks: jwks.as_deref(),
+    };
+    subscriber::verify(token, site.id.as_str(), keys, SystemTime::now()).map_err(refused)
+}
+
 /// A reader is refused an unknown site exactly as a private site refuses the same
 /// credentials (`401`, same message), so that nobody can tell which sites exist by asking.
 pub fn hide_unknown(error: DeliveryError, headers: &HeaderMap, params: &Params) -> DeliveryError {
@@ -116,7 +147,7 @@ pub fn hide_unknown(error: DeliveryError, headers: &HeaderMap, params: &Params) 
             None => DeliveryError::Unauthorized(TOKEN_REQUIRED),
             // As a site without a subscriber key answers the same token.
             Some(token) if subscriber::looks_like_jwt(token) => {
-                match subscriber::verify(token, &site, None, SystemTime::now()) {
+                match subscriber::verify(token, &site, Keys::default(), SystemTime::now()) {
                     Err(refusal) => DeliveryError::TokenRefused(refusal),
                     Ok(_) => DeliveryError::Unauthorized(TOKEN_REFUSED),
                 }
@@ -157,16 +188,22 @@ pub fn revoked(
 /// that expires meanwhile is ended by its own timer, which tells the client why.)
 fn may_still_read(site: &Site, token: Option<&str>) -> bool {
     match token {
-        Some(token) if subscriber::looks_like_jwt(token) => {
-            let key = site
-                .subscriber_secret
-                .as_deref()
-                .and_then(|secret| SigningKey::from_secret(secret).ok());
-            matches!(
-                subscriber::verify(token, site.id.as_str(), key.as_ref(), SystemTime::now()),
-                Ok(_) | Err(Refusal::Expired)
-            )
-        }
+        Some(token) if subscriber::looks_like_jwt(token) => match subscriber::header(token) {
+            Ok(header) if header.alg == Algorithm::HS256 => {
+                let secret = secret_of(site);
+                let keys = Keys {
+                    secret: secret.as_ref(),
+                    jwks: None,
+                };
+                matches!(
+                    subscriber::verify(token, site.id.as_str(), keys, SystemTime::now()),
+                    Ok(_) | Err(Refusal::Expired)
+                )
+            }
+            // Checked against the JWKS when it was opened; the site still takes such tokens.
+            Ok(_) => site.subscriber_jwks_url.is_some(),
+            Err(_) => false,
+        },
         _ if site.public => true,
         Some(token) => site.accepts_read_token(token),
         None => false,

@@ -16,6 +16,7 @@ use spool_platform::Platform;
 
 use crate::history::History;
 use crate::hub::Hub;
+use crate::jwks::JwksCache;
 
 pub const STREAM: &str = "/v1/sites/{site}/events/stream";
 pub const POLL: &str = "/v1/sites/{site}/events";
@@ -49,6 +50,8 @@ pub struct AppState {
     pub history: History,
     pub settings: Arc<StreamSettings>,
     pub streams: Arc<SiteStreams>,
+    /// The sites' JWKS, for asymmetric subscriber tokens.
+    pub jwks: Arc<JwksCache>,
 }
 
 /// Open SSE streams per site, capped: one site can't take every connection of the process.

@@ -46,7 +46,7 @@ async fn answer(
     headers: &HeaderMap,
     params: &Params,
 ) -> Result<Response, DeliveryError> {
-    let reader = access::authorize(site, headers, params)?;
+    let reader = access::authorize(state, site, headers, params).await?;
     let since = params.since()?;
     let limit = params.limit()?;
     let wait = params.wait()?;

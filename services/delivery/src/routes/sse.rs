@@ -53,23 +53,10 @@ pub async fn stream(
         Err(e) => return refuse(&state, access::hide_unknown(e, &headers, &params), None),
     };
     let origin = access::allowed_origin(&site, &headers);
-    let start = access::authorize(&site, &headers, &params).and_then(|reader| {
-        let cursor = stream_cursor(&params, last_event_id(&headers)?)?;
-        let filter = Filter {
-            site: site.id.to_string(),
-            collections: reader.collections(params.collections()?)?,
-            preview: reader.preview,
-        };
-        if !state.hub.is_ready() {
-            return Err(DeliveryError::Unavailable(
-                "the event feed is starting".into(),
-            ));
-        }
-        if state.platform.shutdown.is_cancelled() {
-            return Err(DeliveryError::Unavailable("shutting down".into()));
-        }
-        Ok((cursor, filter, reader.expires))
-    });
+    let start = match access::authorize(&state, &site, &headers, &params).await {
+        Ok(reader) => start_point(&state, &site, &headers, &params, reader),
+        Err(e) => Err(e),
+    };
     let (cursor, filter, token_expires) = match start {
         Ok(start) => start,
         Err(e) => return refuse(&state, e, origin),
@@ -93,6 +80,31 @@ pub async fn stream(
         session.token_expires = Some(Box::pin(tokio::time::sleep(left)));
     }
     with_cors(sse_response(Body::from_stream(session)), origin)
+}
+
+/// Where a stream of `reader` starts and what it gets, or why it can't start now.
+fn start_point(
+    state: &AppState,
+    site: &spool_proto::Site,
+    headers: &HeaderMap,
+    params: &Params,
+    reader: access::Reader,
+) -> Result<(Option<u64>, Filter, Option<std::time::SystemTime>), DeliveryError> {
+    let cursor = stream_cursor(params, last_event_id(headers)?)?;
+    let filter = Filter {
+        site: site.id.to_string(),
+        collections: reader.collections(params.collections()?)?,
+        preview: reader.preview,
+    };
+    if !state.hub.is_ready() {
+        return Err(DeliveryError::Unavailable(
+            "the event feed is starting".into(),
+        ));
+    }
+    if state.platform.shutdown.is_cancelled() {
+        return Err(DeliveryError::Unavailable("shutting down".into()));
+    }
+    Ok((cursor, filter, reader.expires))
 }
 
 fn sse_response(body: Body) -> Response {
