@@ -247,12 +247,12 @@ export async function startStack({ sites, services = ["ingest", "delivery"], env
 let counter = 0;
 
 /** Sends a signed `content.published` webhook to the ingest; resolves to its JSON answer (with `seq`). */
-export async function publish(ingestUrl, siteId, { collection = "blog", slug, title, id } = {}) {
+export async function publish(ingestUrl, siteId, { collection = "blog", slug, title, id, type = "content.published" } = {}) {
   counter += 1;
   const msgId = id ?? `msg_js_${Date.now().toString(36)}_${counter}`;
   slug ??= `post-${counter}`;
   const body = JSON.stringify({
-    type: "content.published",
+    type,
     collection,
     item: { id: slug, slug, title: title ?? `Post ${slug}` },
     occurred_at: new Date().toISOString(),

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { chromium } from "playwright-core";
 import { Webhook } from "standardwebhooks";
-import { REVALIDATE_SECRET, eventually, freePort, publish, site, startStack, tempDir } from "./harness.mjs";
+import { REVALIDATE_SECRET, WEBHOOK_SECRET, eventually, freePort, publish, site, startStack, tempDir } from "./harness.mjs";
 
 const APP = join(import.meta.dirname, "fixtures/next-app");
 const NEXT_BIN = createRequire(join(APP, "package.json")).resolve("next/dist/bin/next");
@@ -39,7 +39,7 @@ function next(args, env, { wait = true } = {}) {
   return { child, output: () => output, done };
 }
 
-/** The CMS the pages read from: GET /posts/<slug> → {"title": ...}. */
+/** The CMS the pages read from: GET /posts/<slug> → {"title": ...} (`?draft`: the draft's). */
 async function cmsServer() {
   const titles = new Map();
   const server = createServer((req, res) => {
@@ -88,6 +88,7 @@ describe("@spool-live/next in a real Next.js app", () => {
         site("acme", {
           cors_origins: [base],
           revalidate: [{ url: `${base}/api/revalidate`, secret: REVALIDATE_SECRET }],
+          subscriber_secret: WEBHOOK_SECRET,
         }),
       ],
     });
@@ -103,6 +104,7 @@ describe("@spool-live/next in a real Next.js app", () => {
       CMS_URL: cms.url,
       CONTENT_DIR: contentDir,
       SPOOL_REVALIDATE_SECRET: REVALIDATE_SECRET,
+      SPOOL_SUBSCRIBER_SECRET: WEBHOOK_SECRET,
     }, { wait: false });
     await eventually("next start", async () => (await fetch(`${base}/api/revalidate`, { method: "POST" })).status === 401, {
       timeout: 30000,
@@ -191,6 +193,44 @@ describe("@spool-live/next in a real Next.js app", () => {
       assert.equal(await page.textContent("#last"), "live");
       assert.ok(logs.some((l) => l.includes("[DEV] ✅ Connected to Spool Live for site: acme")), logs.join("\n"));
       assert.ok(logs.some((l) => l.includes("[DEV] 🔄 Live update: blog/live")), logs.join("\n"));
+    } finally {
+      await browser.close();
+    }
+  });
+
+  it("in draft mode an editor sees a draft live; a visitor's page never hears of it (Chromium)", async () => {
+    cms.titles.set("draft", "Published v1");
+    cms.titles.set("draft?draft", "Draft v1");
+    const browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    });
+    try {
+      const editor = await (await browser.newContext()).newPage();
+      await editor.goto(`${base}/api/draft`);
+      await editor.goto(`${base}/draft`);
+      const visitor = await (await browser.newContext()).newPage();
+      await visitor.goto(`${base}/draft`);
+      assert.equal(await editor.textContent("#mode"), "preview");
+      assert.equal(await editor.textContent("#title"), "Draft v1");
+      assert.equal(await visitor.textContent("#title"), "Published v1");
+      for (const page of [editor, visitor]) {
+        await page.waitForFunction(() => document.querySelector("#status")?.textContent === "live", null, { timeout: 5000 });
+      }
+      // An editor saves a draft: its page refreshes and shows it.
+      cms.titles.set("draft?draft", "Draft v2");
+      await publish(stack.ingest.url, "acme", { slug: "draft", type: "content.updated", title: "Secret draft title" });
+      await editor.waitForFunction(() => document.querySelector("#title")?.textContent === "Draft v2", null, { timeout: 5000 });
+      assert.equal(await editor.textContent("#last"), "content.updated draft");
+      // The visitor's page heard nothing: no event, no refresh, while a published change
+      // after it does reach it.
+      cms.titles.set("draft", "Published v2");
+      await publish(stack.ingest.url, "acme", { slug: "draft" });
+      await visitor.waitForFunction(() => document.querySelector("#last")?.textContent === "content.published draft", null, { timeout: 5000 });
+      assert.deepEqual(await visitor.evaluate(() => window.__spoolEvents), ["content.published"]);
+      assert.equal((await editor.evaluate(() => window.__spoolEvents))[0], "content.updated", "the editor got the draft");
+      assert.ok(!(await visitor.content()).includes("Secret draft title"));
     } finally {
       await browser.close();
     }
