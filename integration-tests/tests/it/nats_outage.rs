@@ -183,3 +183,21 @@ async fn the_site_registry_keeps_following_the_bucket_across_a_nats_restart() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn nats_url_takes_a_list_and_a_dead_server_in_it_does_no_harm() {
+    let nats = NatsServer::start().await;
+    // A port nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let list = format!("nats://127.0.0.1:{dead}, {}", nats.url());
+    let ingest = TestIngest::start(ingest_config(&list)).await;
+    ingest.put_site(&site_json("acme")).await;
+    let (status, body) = Webhook::published("m1", "blog", "1")
+        .send(&ingest.http, &ingest.base_url, "acme")
+        .await;
+    assert_eq!(status, 202, "{body}");
+}

@@ -134,6 +134,26 @@ impl Default for StreamSettings {
 }
 
 impl CommonConfig {
+    /// The servers of `NATS_URL`: one URL, or several separated by commas (the client
+    /// connects to any that answers, and moves to another when its node is gone).
+    pub fn nats_servers(&self) -> Result<Vec<async_nats::ServerAddr>, String> {
+        let urls: Vec<&str> = self
+            .nats_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            return Err("NATS_URL must name at least one server".into());
+        }
+        urls.iter()
+            .map(|url| {
+                url.parse::<async_nats::ServerAddr>()
+                    .map_err(|e| format!("NATS_URL: {url:?} is not a server URL ({e})"))
+            })
+            .collect()
+    }
+
     /// The defaults with another NATS URL: what tests and embedders start from.
     pub fn for_nats(nats_url: impl Into<String>) -> CommonConfig {
         CommonConfig {
@@ -156,6 +176,9 @@ impl CommonConfig {
     /// Checks what the flags' types can't: every problem, one line each.
     pub fn validate(&self) -> Result<(), String> {
         let mut problems = Vec::new();
+        if let Err(e) = self.nats_servers() {
+            problems.push(e);
+        }
         if self.header_timeout < Duration::from_millis(100) {
             problems.push("SPOOL_HEADER_TIMEOUT must be at least 100ms".to_string());
         }
@@ -214,6 +237,22 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         common: CommonConfig,
+    }
+
+    #[test]
+    fn nats_url_takes_a_list() {
+        let mut config = CommonConfig::for_nats("nats://a:4222, nats://b:4223,nats://c:4224");
+        let servers = config.nats_servers().unwrap();
+        assert_eq!(servers.len(), 3);
+        assert_eq!(servers[1].host(), "b");
+        config.nats_url = "nats://a:4222,nats://b:port".into();
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.contains("NATS_URL") && err.contains("nats://b:port"),
+            "{err}"
+        );
+        config.nats_url = " , ".into();
+        assert!(config.validate().unwrap_err().contains("NATS_URL"));
     }
 
     #[test]

@@ -63,8 +63,9 @@ pub async fn connect(
             .await
             .with_context(|| format!("--nats-creds {}", creds.display()))?;
     }
+    let servers = config.nats_servers().map_err(|e| anyhow::anyhow!(e))?;
     let client = options
-        .connect(config.nats_url.as_str())
+        .connect(servers)
         .await
         .with_context(|| format!("NATS_URL {}", config.nats_url))?;
     Ok((client, Disconnects(disconnects)))
