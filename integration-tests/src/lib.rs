@@ -111,6 +111,44 @@ pub fn site_json(id: &str) -> serde_json::Value {
     })
 }
 
+/// Every message of `stream` as JSON, oldest first, with its `traceparent` header.
+pub async fn read_range_json(
+    nats_url: &str,
+    stream: &str,
+) -> Vec<(serde_json::Value, Option<String>)> {
+    use async_nats::jetstream::consumer::pull::OrderedConfig;
+    use futures::StreamExt;
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.expect("NATS"));
+    let mut stream = js.get_stream(stream).await.expect("the stream");
+    let count = stream.info().await.expect("stream info").state.messages;
+    let mut out = Vec::new();
+    if count == 0 {
+        return out;
+    }
+    let consumer = stream
+        .create_consumer(OrderedConfig::default())
+        .await
+        .expect("a reader");
+    let mut messages = consumer.messages().await.expect("messages");
+    while (out.len() as u64) < count {
+        let message = messages
+            .next()
+            .await
+            .expect("a message")
+            .expect("a message");
+        let trace = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("traceparent"))
+            .map(|v| v.as_str().to_owned());
+        out.push((
+            serde_json::from_slice(&message.payload).expect("JSON"),
+            trace,
+        ));
+    }
+    out
+}
+
 /// One message of `SPOOL_EVENTS`, read back from the stream.
 #[derive(Debug, Clone)]
 pub struct Stored {

@@ -6,6 +6,7 @@
 pub mod event;
 pub mod mapping;
 pub mod names;
+pub mod outcome;
 pub mod revalidate;
 pub mod signing;
 pub mod site;

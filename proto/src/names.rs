@@ -13,6 +13,11 @@ pub const EVENTS_SUBJECTS: &str = "spool.events.>";
 pub const DLQ_STREAM: &str = "SPOOL_DLQ";
 /// Subjects of [`DLQ_STREAM`].
 pub const DLQ_SUBJECTS: &str = "spool.dlq.>";
+/// The JetStream stream of revalidation outcomes: one record per call the revalidator made
+/// (which events and paths/tags it covered, how the target answered).
+pub const OUTCOMES_STREAM: &str = "SPOOL_OUTCOMES";
+/// Subjects of [`OUTCOMES_STREAM`].
+pub const OUTCOMES_SUBJECTS: &str = "spool.outcomes.>";
 /// The JetStream stream holding the revalidator's waiting retries (work queue, message
 /// schedules: nats-server 2.12+).
 pub const RETRY_STREAM: &str = "SPOOL_RETRY";
@@ -42,6 +47,11 @@ pub fn site_events_filter(site: &(impl fmt::Display + ?Sized)) -> String {
 /// access answers).
 pub fn direct_get_subject(stream: &str) -> String {
     format!("$JS.API.DIRECT.GET.{stream}")
+}
+
+/// `spool.outcomes.<site>`: where the revalidator records its calls for a site.
+pub fn outcome_subject(site: &SiteId) -> String {
+    format!("spool.outcomes.{site}")
 }
 
 /// `spool.dlq.<site>`: where the revalidator dead-letters a site's failed calls.

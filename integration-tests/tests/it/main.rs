@@ -21,6 +21,7 @@ mod revalidator_crash;
 mod revalidator_dlq;
 mod revalidator_isolation;
 mod revalidator_outbound;
+mod revalidator_outcomes;
 mod revalidator_slow;
 mod settings;
 mod sigterm;

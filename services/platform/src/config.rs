@@ -119,6 +119,10 @@ pub struct StreamSettings {
     /// How long dead letters are kept.
     #[arg(long, env = "SPOOL_DLQ_MAX_AGE", default_value = "30d", value_parser = humantime::parse_duration)]
     pub dlq_max_age: Duration,
+
+    /// How long the records of revalidation calls (`SPOOL_OUTCOMES`) are kept.
+    #[arg(long, env = "SPOOL_OUTCOMES_MAX_AGE", default_value = "1d", value_parser = humantime::parse_duration)]
+    pub outcomes_max_age: Duration,
 }
 
 impl Default for StreamSettings {
@@ -129,6 +133,7 @@ impl Default for StreamSettings {
             max_bytes: -1,
             duplicate_window: Duration::from_secs(3600),
             dlq_max_age: Duration::from_secs(30 * 24 * 3600),
+            outcomes_max_age: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -178,6 +183,9 @@ impl CommonConfig {
         let mut problems = Vec::new();
         if let Err(e) = self.nats_servers() {
             problems.push(e);
+        }
+        if self.streams.outcomes_max_age < Duration::from_secs(60) {
+            problems.push("SPOOL_OUTCOMES_MAX_AGE must be at least 1m".to_string());
         }
         if self.header_timeout < Duration::from_millis(100) {
             problems.push("SPOOL_HEADER_TIMEOUT must be at least 100ms".to_string());

@@ -1,13 +1,13 @@
 //! NATS wiring: the connection (reconnecting for ever) and the idempotent provisioning of
-//! `SPOOL_EVENTS`, `SPOOL_DLQ`, `SPOOL_RETRY` and the `spool-sites` and
+//! `SPOOL_EVENTS`, `SPOOL_DLQ`, `SPOOL_RETRY`, `SPOOL_OUTCOMES` and the `spool-sites` and
 //! `spool-revalidator-targets` buckets from configuration.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 use spool_proto::names::{
-    DLQ_STREAM, DLQ_SUBJECTS, EVENTS_STREAM, EVENTS_SUBJECTS, RETRY_STREAM, RETRY_SUBJECTS,
-    SITES_BUCKET, TARGETS_BUCKET,
+    DLQ_STREAM, DLQ_SUBJECTS, EVENTS_STREAM, EVENTS_SUBJECTS, OUTCOMES_STREAM, OUTCOMES_SUBJECTS,
+    RETRY_STREAM, RETRY_SUBJECTS, SITES_BUCKET, TARGETS_BUCKET,
 };
 use tokio::sync::watch;
 
@@ -150,6 +150,24 @@ pub fn events_stream_config(s: &StreamSettings) -> stream::Config {
     }
 }
 
+/// The configuration of `SPOOL_OUTCOMES`: one record per revalidation call, kept
+/// `SPOOL_OUTCOMES_MAX_AGE`.
+pub fn outcomes_stream_config(s: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: OUTCOMES_STREAM.into(),
+        description: Some("Spool Live revalidation outcomes".into()),
+        subjects: vec![OUTCOMES_SUBJECTS.into()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_age: s.outcomes_max_age,
+        max_message_size: 2 * MAX_MESSAGE_SIZE,
+        num_replicas: usize::from(s.replicas),
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
 /// The configuration of `SPOOL_DLQ`.
 pub fn dlq_stream_config(s: &StreamSettings) -> stream::Config {
     stream::Config {
@@ -224,6 +242,7 @@ pub async fn provision(
         (EVENTS_STREAM, events_stream_config(settings)),
         (DLQ_STREAM, dlq_stream_config(settings)),
         (RETRY_STREAM, retry_stream_config(settings)),
+        (OUTCOMES_STREAM, outcomes_stream_config(settings)),
     ] {
         js.create_or_update_stream(config)
             .await

@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod dlq;
 pub mod error;
 pub mod lane;
+pub mod outcomes;
 pub mod pauses;
 pub mod redact;
 pub mod retries;

@@ -20,7 +20,6 @@ use std::time::Duration;
 use async_nats::jetstream;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use spool_proto::names::{retry_due_subject, retry_schedule_subject};
 use spool_proto::{Event, SiteId};
 
@@ -50,19 +49,7 @@ pub struct RetryRecord {
     pub events: Vec<Event>,
 }
 
-/// The subject token of a target: a hash of its site and URL (URLs can't be subject
-/// tokens), the same in every replica.
-pub fn target_key(site: &SiteId, url: &str) -> String {
-    let mut hash = Sha256::new();
-    hash.update(site.as_str());
-    hash.update([0]);
-    hash.update(url);
-    hash.finalize()
-        .iter()
-        .take(10)
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub use spool_proto::outcome::target_key;
 
 /// `Nats-Schedule` value for a one-shot schedule at `at`.
 fn schedule_at(at: time::OffsetDateTime) -> anyhow::Result<String> {

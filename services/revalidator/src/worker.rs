@@ -572,6 +572,14 @@ impl Worker {
         if result.outcome != Outcome::Delivered {
             span.record("otel.status_code", "ERROR");
         }
+        let seqs = events.iter().map(|e| e.seq).collect();
+        let outcome =
+            crate::outcomes::outcome_of(&site, &target, &webhook_id, attempt, seqs, &body, &result);
+        // The trace the site received, so the record joins the same trace.
+        let trace = traceparent
+            .map(|t| vec![("traceparent".to_owned(), t)])
+            .unwrap_or_default();
+        crate::outcomes::write(&self.platform.jetstream, &outcome, trace).await;
         CallReport {
             batch,
             webhook_id,
