@@ -83,6 +83,8 @@ pub enum Reply {
     RetryAfter(u16, u64),
     /// Never answers (until the caller gives up).
     Hang,
+    /// Answers `200` after this long.
+    Slow(std::time::Duration),
 }
 
 struct Inner {
@@ -201,6 +203,10 @@ async fn receive(
             .into_response(),
         Reply::Hang => {
             std::future::pending::<()>().await;
+            StatusCode::OK.into_response()
+        }
+        Reply::Slow(after) => {
+            tokio::time::sleep(after).await;
             StatusCode::OK.into_response()
         }
     }

@@ -75,6 +75,8 @@ mod tests {
             public_fields: None,
             subscriber_secret: None,
             subscriber_jwks_url: None,
+            notify: None,
+            notify_timeout_ms: None,
         }
     }
 

@@ -47,7 +47,28 @@ pub struct Site {
     /// published, as a JWKS; the token's `kid` picks the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscriber_jwks_url: Option<String>,
+    /// When browsers hear of an event: at once (`immediate`, the default), or once every
+    /// revalidation target that wants it answered `2xx` (`after_revalidate`), so the page
+    /// a browser refetches is already fresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
+    /// With `after_revalidate`: the longest an event is held (ms); it then goes out marked
+    /// `"fresh": false`. Default 10,000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_timeout_ms: Option<u64>,
 }
+
+/// When a site's readers hear of an event (see [`Site::notify`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Notify {
+    #[default]
+    Immediate,
+    AfterRevalidate,
+}
+
+/// How long an event of an `after_revalidate` site is held at most, by default.
+pub const DEFAULT_NOTIFY_TIMEOUT_MS: u64 = 10_000;
 
 /// What visitors see when a site doesn't say.
 pub const DEFAULT_PUBLIC_TYPES: [EventType; 3] = [
@@ -174,6 +195,13 @@ impl Site {
                 problems.push(format!("subscriber_secret: {e}"));
             }
         }
+        if let Some(ms) = self.notify_timeout_ms {
+            if !(100..=600_000).contains(&ms) {
+                problems.push(format!(
+                    "notify_timeout_ms: {ms} must be from 100 to 600000 (10 minutes)"
+                ));
+            }
+        }
         if let Some(url) = &self.subscriber_jwks_url {
             let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
             if !scheme_ok || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -210,6 +238,28 @@ impl Site {
                 Audience::Preview
             }
         })
+    }
+
+    /// With `notify: after_revalidate`, the targets (their keys) whose `2xx` an event of
+    /// this collection, type and audience waits for, and how long at most; `None` when it
+    /// goes out at once.
+    pub fn hold_for(
+        &self,
+        collection: &CollectionName,
+        kind: EventType,
+        audience: Audience,
+    ) -> Option<(Vec<String>, std::time::Duration)> {
+        if self.notify != Some(Notify::AfterRevalidate) {
+            return None;
+        }
+        let targets: Vec<String> = self
+            .revalidate
+            .iter()
+            .filter(|t| t.wants(collection) && t.wants_event(kind, audience))
+            .map(|t| crate::outcome::target_key(&self.id, &t.url))
+            .collect();
+        let timeout = self.notify_timeout_ms.unwrap_or(DEFAULT_NOTIFY_TIMEOUT_MS);
+        (!targets.is_empty()).then(|| (targets, std::time::Duration::from_millis(timeout)))
     }
 
     /// The item as visitors see it: `id`, and the site's `public_fields` it has.

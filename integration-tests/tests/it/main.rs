@@ -4,6 +4,7 @@ mod admin;
 mod delivery_access;
 mod delivery_audience;
 mod delivery_history;
+mod delivery_notify;
 mod delivery_poll;
 mod delivery_reset;
 mod delivery_resume;

@@ -56,6 +56,18 @@ pub async fn catch_up(
         cursor: read.cursor,
         complete: read.complete,
     };
+    // Nothing the site still holds back (`notify: after_revalidate`) goes out from the
+    // stream either: the client stops before it, and hears of it when it is released.
+    let released_end = hub.released_end(&filter.site);
+    if found.cursor > released_end {
+        found.events.retain(|e| e.seq <= released_end);
+        // Never back past the client's own position (it may come from a replica that
+        // released more already).
+        let own = if found.reset.is_some() { 0 } else { cursor };
+        found.cursor = released_end.max(own);
+        found.complete = true;
+        return Ok(found);
+    }
     if !found.complete {
         return Ok(found);
     }

@@ -3,10 +3,11 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use serde_json::json;
-use spool_proto::{Audience, Event, Site};
+use spool_proto::{Audience, Event, EventType, Site};
 
 /// One encoding of an event: the SSE frame `id: <seq>\ndata: <json>\n\n`, whose `data` is
 /// also the poll's JSON.
@@ -41,6 +42,9 @@ pub struct FeedEvent {
     pub site: String,
     pub collection: String,
     pub audience: Audience,
+    pub kind: EventType,
+    /// When the ingest received it (a held event's deadline counts from here).
+    pub received_at: SystemTime,
     full: Encoded,
     /// `None`: visitors get `full` (public event, nothing cut) or nothing (preview-only).
     public: Option<Encoded>,
@@ -78,9 +82,36 @@ impl FeedEvent {
             site: event.site.to_string(),
             collection: event.collection.to_string(),
             audience: event.audience,
+            kind: event.kind,
+            received_at: event.received_at.into(),
             full,
             public,
         })
+    }
+
+    /// This event marked `"fresh": false`: held for its site's revalidation targets, it goes
+    /// out without all of them having answered `2xx` in time.
+    pub fn stale(&self) -> FeedEvent {
+        let mark = |encoded: &Encoded| {
+            let json = &encoded.frame[encoded.json.clone()];
+            let mut marked = Vec::with_capacity(json.len() + 16);
+            marked.extend_from_slice(b"{\"fresh\":false,");
+            marked.extend_from_slice(json.get(1..).unwrap_or_default());
+            let head = format!("id: {}\ndata: ", self.seq);
+            let mut frame = Vec::with_capacity(head.len() + marked.len() + 2);
+            frame.extend_from_slice(head.as_bytes());
+            frame.extend_from_slice(&marked);
+            frame.extend_from_slice(b"\n\n");
+            Encoded {
+                json: head.len()..head.len() + marked.len(),
+                frame: Bytes::from(frame),
+            }
+        };
+        FeedEvent {
+            full: mark(&self.full),
+            public: self.public.as_ref().map(mark),
+            ..self.clone()
+        }
     }
 
     fn encoded(&self, preview: bool) -> &Encoded {
@@ -237,6 +268,22 @@ mod tests {
     #[test]
     fn a_bad_stored_message_is_an_error() {
         assert!(FeedEvent::from_stored(1, b"{}", &no_site).is_err());
+    }
+
+    #[test]
+    fn a_stale_event_says_so_in_both_encodings() {
+        let e = FeedEvent::from_stored(5, STORED.as_bytes(), &no_site)
+            .unwrap()
+            .stale();
+        for preview in [true, false] {
+            let json: serde_json::Value = serde_json::from_slice(&e.json(preview)).unwrap();
+            assert_eq!(json["fresh"], false);
+            assert_eq!(json["seq"], 5);
+            let frame = String::from_utf8(e.frame(preview).to_vec()).unwrap();
+            assert!(
+                frame.starts_with("id: 5\ndata: {\"fresh\":false,") && frame.ends_with("}\n\n")
+            );
+        }
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! `SPOOL_EVENTS` feeds the recent-events [`Window`] and a broadcast channel per site.
 //! Browsers never get a JetStream consumer of their own.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
@@ -40,7 +40,33 @@ struct State {
     /// The last stream sequence the feed has seen (events it could not decode included).
     last_seq: u64,
     sites: HashMap<String, broadcast::Sender<Arc<FeedEvent>>>,
+    /// Per site of `notify: after_revalidate`, the events not released yet, in order:
+    /// nothing of the site goes out past the first of them.
+    held: HashMap<String, VecDeque<HeldEvent>>,
+    /// Targets that answered `2xx` for events this replica's feed hasn't seen yet
+    /// (seq → target keys); bounded, oldest dropped.
+    early: BTreeMap<u64, HashSet<String>>,
 }
+
+/// An event waiting for its site's revalidation targets.
+struct HeldEvent {
+    event: Arc<FeedEvent>,
+    /// The targets (keys) that haven't answered `2xx` for it yet.
+    waiting: HashSet<String>,
+    /// It goes out then anyway, marked `"fresh": false`.
+    deadline: SystemTime,
+}
+
+/// What an event of an `after_revalidate` site waits for: these targets' `2xx`, until
+/// `deadline`.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    pub targets: Vec<String>,
+    pub deadline: SystemTime,
+}
+
+/// Most early answers kept (outcomes seen before their events).
+const MAX_EARLY: usize = 100_000;
 
 /// A live subscription: every event of the site published after `last_seq` arrives on
 /// `events` (unless the receiver lags, which it reports).
@@ -59,6 +85,8 @@ impl Hub {
                 window: Window::new(window_capacity, window_bytes, 0),
                 last_seq: 0,
                 sites: HashMap::new(),
+                held: HashMap::new(),
+                early: BTreeMap::new(),
             }),
             started: AtomicBool::new(false),
             ready: AtomicBool::new(false),
@@ -104,7 +132,7 @@ impl Hub {
         self.state().last_seq
     }
 
-    fn publish(&self, seq: u64, event: Option<Arc<FeedEvent>>) {
+    fn publish(&self, seq: u64, event: Option<Arc<FeedEvent>>, hold: Option<Hold>) {
         let mut state = self.state();
         state.last_seq = seq;
         if seq >= self.ready_at.load(Ordering::Acquire) {
@@ -112,12 +140,75 @@ impl Hub {
         }
         let Some(event) = event else { return };
         state.window.push(event.clone());
-        if let Some(tx) = state.sites.get(&event.site) {
-            if tx.send(event.clone()).is_err() {
-                // Nobody listens to this site any more.
-                state.sites.remove(&event.site);
+        let queued = state.held.get(&event.site).is_some_and(|q| !q.is_empty());
+        if hold.is_none() && !queued {
+            state.send(event);
+            return;
+        }
+        // Held for its targets, or behind an earlier held event of its site.
+        let (mut waiting, deadline) = match hold {
+            Some(hold) => (hold.targets.into_iter().collect(), hold.deadline),
+            None => (HashSet::new(), SystemTime::UNIX_EPOCH),
+        };
+        if let Some(answered) = state.early.remove(&seq) {
+            waiting.retain(|t: &String| !answered.contains(t));
+        }
+        let site = event.site.clone();
+        state
+            .held
+            .entry(site.clone())
+            .or_default()
+            .push_back(HeldEvent {
+                event,
+                waiting,
+                deadline,
+            });
+        state.release(&site, SystemTime::now());
+    }
+
+    /// A target answered `2xx` for these events of `site` (an outcome of the revalidator).
+    pub fn answered(&self, site: &str, target: &str, seqs: &[u64]) {
+        let mut state = self.state();
+        let last_seq = state.last_seq;
+        for &seq in seqs {
+            let held = state
+                .held
+                .get_mut(site)
+                .and_then(|q| q.iter_mut().find(|h| h.event.seq == seq));
+            match held {
+                Some(held) => {
+                    held.waiting.remove(target);
+                }
+                // Not seen yet by this replica's feed: kept for when it is.
+                None if seq > last_seq => {
+                    state
+                        .early
+                        .entry(seq)
+                        .or_default()
+                        .insert(target.to_owned());
+                    while state.early.len() > MAX_EARLY {
+                        state.early.pop_first();
+                    }
+                }
+                None => {}
             }
         }
+        state.release(site, SystemTime::now());
+    }
+
+    /// Releases every held event whose time has come (its deadline passed).
+    pub fn tick(&self, now: SystemTime) {
+        let mut state = self.state();
+        let sites: Vec<String> = state.held.keys().cloned().collect();
+        for site in sites {
+            state.release(&site, now);
+        }
+    }
+
+    /// Up to where `site`'s readers may read: the last sequence the feed has seen, or the
+    /// one before the site's first held event.
+    pub fn released_end(&self, site: &str) -> u64 {
+        self.state().released_end(site)
     }
 
     /// Subscribes to a site's live events. Taken under the same lock as publishing, so
@@ -160,16 +251,77 @@ impl Hub {
         max_bytes: usize,
     ) -> Option<Page> {
         let state = self.state();
-        (self.is_ready() && state.window.covers(cursor) && cursor <= state.last_seq).then(|| {
-            state
-                .window
-                .page(cursor, filter, limit, max_bytes, state.last_seq)
-        })
+        // Nothing the site still holds back (`notify: after_revalidate`) is read.
+        let end = state.released_end(&filter.site).max(cursor);
+        (self.is_ready() && state.window.covers(cursor) && cursor <= state.last_seq)
+            .then(|| state.window.page(cursor, filter, limit, max_bytes, end))
     }
 
     /// The window holds every event after this sequence.
     pub fn window_start(&self) -> u64 {
         self.state().window.start()
+    }
+}
+
+impl State {
+    /// Sends a released event to its site's live readers.
+    fn send(&mut self, event: Arc<FeedEvent>) {
+        if let Some(tx) = self.sites.get(&event.site) {
+            if tx.send(event.clone()).is_err() {
+                // Nobody listens to this site any more.
+                self.sites.remove(&event.site);
+            }
+        }
+    }
+
+    fn released_end(&self, site: &str) -> u64 {
+        match self.held.get(site).and_then(VecDeque::front) {
+            Some(first) => first.event.seq - 1,
+            None => self.last_seq,
+        }
+    }
+
+    /// Releases `site`'s held events from the front, in order, while each is answered by
+    /// every target or past its deadline (then marked `"fresh": false`).
+    fn release(&mut self, site: &str, now: SystemTime) {
+        loop {
+            let Some(queue) = self.held.get_mut(site) else {
+                return;
+            };
+            let Some(first) = queue.front() else {
+                self.held.remove(site);
+                return;
+            };
+            let fresh = first.waiting.is_empty();
+            if !fresh && now < first.deadline {
+                return;
+            }
+            let Some(held) = queue.pop_front() else {
+                return;
+            };
+            let event = if fresh {
+                held.event
+            } else {
+                let stale = Arc::new(held.event.stale());
+                self.window.replace(stale.clone());
+                stale
+            };
+            metrics::counter!("spool_delivery_held_released_total", "fresh" => if fresh { "yes" } else { "no" })
+                .increment(1);
+            self.send(event);
+        }
+    }
+}
+
+/// Releases held events whose deadline passed, every 100 ms, until `shutdown`.
+pub async fn run_release_timer(hub: Arc<Hub>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => hub.tick(SystemTime::now()),
+            _ = shutdown.cancelled() => return,
+        }
     }
 }
 
@@ -285,7 +437,8 @@ async fn follow(js: &jetstream::Context, registry: &SiteRegistry, hub: &Hub) -> 
                 None
             }
         };
-        hub.publish(seq, event);
+        let hold = event.as_ref().and_then(|e| hold_of(registry, e));
+        hub.publish(seq, event, hold);
         if pending == 0 {
             // Nothing more in the stream right now: caught up even if the event at the
             // starting end was removed meanwhile.
@@ -294,6 +447,67 @@ async fn follow(js: &jetstream::Context, registry: &SiteRegistry, hub: &Hub) -> 
         metrics::counter!("spool_delivery_feed_events_total").increment(1);
     }
     anyhow::bail!("the feed consumer ended")
+}
+
+/// What an event waits for before its site's readers hear of it (`None`: nothing).
+fn hold_of(registry: &SiteRegistry, event: &FeedEvent) -> Option<Hold> {
+    let site = registry.get(&event.site)?;
+    let collection = spool_proto::CollectionName::parse(event.collection.clone()).ok()?;
+    let (targets, timeout) = site.hold_for(&collection, event.kind, event.audience)?;
+    Some(Hold {
+        targets,
+        deadline: event.received_at + timeout,
+    })
+}
+
+/// Follows `SPOOL_OUTCOMES` (from a few minutes back, so that events held at start meet
+/// their answers) and tells the hub which targets answered `2xx` for which events.
+pub async fn run_outcomes(
+    js: jetstream::Context,
+    disconnects: Disconnects,
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+) {
+    let started = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
+    spool_platform::nats::keep_running(
+        "the outcomes feed",
+        &disconnects,
+        &shutdown,
+        || follow_outcomes(&js, &hub, started),
+        || {},
+    )
+    .await;
+}
+
+async fn follow_outcomes(
+    js: &jetstream::Context,
+    hub: &Hub,
+    from: time::OffsetDateTime,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let stream = js
+        .get_stream(spool_proto::names::OUTCOMES_STREAM)
+        .await
+        .context("opening SPOOL_OUTCOMES")?;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartTime { start_time: from },
+            ..Default::default()
+        })
+        .await
+        .context("creating the outcomes consumer")?;
+    let mut messages = consumer.messages().await.context("reading outcomes")?;
+    while let Some(message) = messages.next().await {
+        let message = message.context("outcome message")?;
+        match serde_json::from_slice::<spool_proto::outcome::CallOutcome>(&message.payload) {
+            Ok(outcome) if outcome.ok => {
+                hub.answered(outcome.site.as_str(), &outcome.target, &outcome.seqs)
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "not a call outcome in SPOOL_OUTCOMES; skipped"),
+        }
+    }
+    anyhow::bail!("the outcomes consumer ended")
 }
 
 #[cfg(test)]
@@ -316,12 +530,12 @@ mod tests {
     fn a_subscription_sees_exactly_what_follows_its_last_seq() {
         let hub = Hub::new(100, usize::MAX, 16);
         hub.start(10, 10);
-        hub.publish(11, Some(event(11, "a")));
+        hub.publish(11, Some(event(11, "a")), None);
         let mut sub = hub.subscribe("a");
         assert_eq!(sub.last_seq, 11);
-        hub.publish(12, Some(event(12, "b")));
-        hub.publish(13, None);
-        hub.publish(14, Some(event(14, "a")));
+        hub.publish(12, Some(event(12, "b")), None);
+        hub.publish(13, None, None);
+        hub.publish(14, Some(event(14, "a")), None);
         assert_eq!(sub.events.try_recv().unwrap().seq, 14);
         assert!(sub.events.try_recv().is_err());
         assert_eq!(hub.last_seq(), 14);
@@ -353,10 +567,10 @@ mod tests {
         let hub = Hub::new(100, usize::MAX, 4);
         hub.start(5, 8);
         assert!(!hub.is_ready());
-        hub.publish(6, Some(event(6, "a")));
-        hub.publish(7, None);
+        hub.publish(6, Some(event(6, "a")), None);
+        hub.publish(7, None, None);
         assert!(!hub.is_ready());
-        hub.publish(8, Some(event(8, "a")));
+        hub.publish(8, Some(event(8, "a")), None);
         assert!(hub.is_ready());
         let a = Filter {
             site: "a".into(),
@@ -374,11 +588,79 @@ mod tests {
     }
 
     #[test]
+    fn a_held_event_and_what_follows_it_wait_for_the_targets_in_order() {
+        let hub = Hub::new(100, usize::MAX, 16);
+        hub.start(10, 10);
+        let mut a = hub.subscribe("a");
+        let mut b = hub.subscribe("b");
+        let later = SystemTime::now() + Duration::from_secs(60);
+        let hold = |targets: &[&str]| Hold {
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            deadline: later,
+        };
+        // t2 answers before this replica's feed sees event 11.
+        hub.answered("a", "t2", &[11]);
+        hub.publish(11, Some(event(11, "a")), Some(hold(&["t1", "t2"])));
+        hub.publish(12, Some(event(12, "a")), None);
+        hub.publish(13, Some(event(13, "b")), None);
+        assert_eq!(
+            b.events.try_recv().unwrap().seq,
+            13,
+            "another site is not held"
+        );
+        assert!(a.events.try_recv().is_err(), "11 waits, and 12 behind it");
+        assert_eq!(hub.released_end("a"), 10);
+        assert_eq!(hub.released_end("b"), 13);
+        let filter = Filter {
+            site: "a".into(),
+            collections: None,
+            preview: false,
+        };
+        let page = hub.recent(10, &filter, 10, usize::MAX).unwrap();
+        assert!(page.events.is_empty());
+        assert_eq!(
+            (page.cursor, page.complete),
+            (10, true),
+            "stops before the held event"
+        );
+
+        hub.answered("a", "t1", &[11]);
+        assert_eq!(a.events.try_recv().unwrap().seq, 11);
+        assert_eq!(a.events.try_recv().unwrap().seq, 12);
+        assert_eq!(hub.released_end("a"), 13);
+        let json = a_json(&hub, &filter, 11);
+        assert!(json.get("fresh").is_none(), "in time: not marked");
+
+        // No answer: released at its deadline, marked stale, in the window too.
+        hub.publish(
+            14,
+            Some(event(14, "a")),
+            Some(Hold {
+                targets: vec!["t1".into()],
+                deadline: SystemTime::now() + Duration::from_millis(50),
+            }),
+        );
+        hub.tick(SystemTime::now());
+        assert!(a.events.try_recv().is_err());
+        hub.tick(SystemTime::now() + Duration::from_secs(1));
+        let stale = a.events.try_recv().unwrap();
+        assert_eq!(stale.seq, 14);
+        assert_eq!(a_json(&hub, &filter, 13)["fresh"], false);
+    }
+
+    /// The JSON a reader gets from the window for the event after `cursor`.
+    fn a_json(hub: &Hub, filter: &Filter, cursor: u64) -> serde_json::Value {
+        let page = hub.recent(cursor - 1, filter, 1, usize::MAX).unwrap();
+        let _ = cursor;
+        serde_json::from_slice(&page.events[0].json(false)).unwrap()
+    }
+
+    #[test]
     fn closing_ends_every_subscription_after_what_it_was_sent() {
         let hub = Hub::new(100, usize::MAX, 16);
         hub.start(0, 0);
         let mut sub = hub.subscribe("a");
-        hub.publish(1, Some(event(1, "a")));
+        hub.publish(1, Some(event(1, "a")), None);
         hub.close();
         assert_eq!(sub.events.try_recv().unwrap().seq, 1);
         assert!(matches!(
@@ -398,7 +680,7 @@ mod tests {
         hub.start(0, 0);
         let mut sub = hub.subscribe("a");
         for seq in 1..=10 {
-            hub.publish(seq, Some(event(seq, "a")));
+            hub.publish(seq, Some(event(seq, "a")), None);
         }
         assert!(matches!(
             sub.events.try_recv(),

@@ -69,6 +69,13 @@ impl Application {
         platform
             .readiness
             .add_check(NOT_READY_FEED, move || ready_hub.is_ready());
+        tokio::spawn(hub::run_outcomes(
+            platform.jetstream.clone(),
+            platform.disconnects.clone(),
+            hub.clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(hub::run_release_timer(hub.clone(), shutdown.clone()));
         tokio::spawn(hub::run_feed(
             platform.jetstream.clone(),
             platform.disconnects.clone(),

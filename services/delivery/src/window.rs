@@ -82,6 +82,14 @@ impl Window {
         self.events.back().map_or(self.complete_after, |e| e.seq)
     }
 
+    /// Puts `event` in place of the one with its sequence (a held event released marked).
+    pub fn replace(&mut self, event: Arc<FeedEvent>) {
+        if let Ok(i) = self.events.binary_search_by_key(&event.seq, |e| e.seq) {
+            self.bytes = self.bytes - self.events[i].size() + event.size();
+            self.events[i] = event;
+        }
+    }
+
     /// Where the window starts: it holds every event after this sequence.
     pub fn start(&self) -> u64 {
         self.complete_after
@@ -89,9 +97,9 @@ impl Window {
 
     /// Up to `limit` events after `cursor` that `filter` wants, and about `max_bytes` of
     /// them (at least one), oldest first. Only meaningful when [`Window::covers`] the
-    /// cursor. A page that reaches the window's end moves the cursor to `end` (the last
-    /// sequence the feed has seen): the client is caught up there, even if the window's
-    /// last events are other sites'.
+    /// cursor. Nothing after `end` is read: the last sequence the feed has seen, or, while
+    /// the site holds an event back, the one before it. A page that reaches `end` moves the
+    /// cursor there: the client is caught up, even if the last events were other sites'.
     pub fn page(
         &self,
         cursor: u64,
@@ -103,7 +111,8 @@ impl Window {
         let start = self.events.partition_point(|e| e.seq <= cursor);
         let mut events: Vec<Arc<FeedEvent>> = Vec::new();
         let mut bytes = 0;
-        for event in self.events.range(start..).filter(|e| filter.matches(e)) {
+        let upto = self.events.range(start..).take_while(|e| e.seq <= end);
+        for event in upto.filter(|e| filter.matches(e)) {
             if events.len() >= limit || (bytes >= max_bytes && !events.is_empty()) {
                 return Page {
                     cursor: events.last().map_or(cursor, |e| e.seq),

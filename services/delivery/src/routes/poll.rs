@@ -67,7 +67,7 @@ async fn answer(
             &CatchUp {
                 reset: None,
                 events: Vec::new(),
-                cursor: state.hub.last_seq(),
+                cursor: state.hub.released_end(&filter.site),
                 complete: true,
             },
             filter.preview,

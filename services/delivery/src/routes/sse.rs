@@ -477,7 +477,7 @@ impl Stream for Session {
                 continue;
             }
             if this.heartbeat.poll_tick(cx).is_ready() {
-                this.at_end = Some(this.hub.last_seq());
+                this.at_end = Some(this.hub.released_end(&this.filter.site));
                 this.queued.push_back(frames::ping());
                 continue;
             }
