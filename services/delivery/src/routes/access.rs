@@ -15,6 +15,7 @@ use super::AppState;
 use crate::error::DeliveryError;
 use crate::routes::params::Params;
 use crate::subscriber::{self, Keys, Refusal};
+use crate::window::Filter;
 use jsonwebtoken::Algorithm;
 
 /// The site of a request, or why not.
@@ -52,6 +53,16 @@ impl Reader {
         collections: None,
         expires: None,
     };
+
+    /// What this reader of `site` gets: the collections it asked for (`?collections=`)
+    /// within what its token allows, and drafts if it may see them.
+    pub fn filter(&self, site: &Site, params: &Params) -> Result<Filter, DeliveryError> {
+        Ok(Filter {
+            site: site.id.to_string(),
+            collections: self.collections(params.collections()?)?,
+            preview: self.preview,
+        })
+    }
 
     /// The collections this reader gets, given what it asked for: what it asked, within
     /// what its token allows.

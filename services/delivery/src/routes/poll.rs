@@ -50,11 +50,7 @@ async fn answer(
     let since = params.since()?;
     let limit = params.limit()?;
     let wait = params.wait()?;
-    let filter = Filter {
-        site: site.id.to_string(),
-        collections: reader.collections(params.collections()?)?,
-        preview: reader.preview,
-    };
+    let filter = reader.filter(site, params)?;
     if !state.hub.is_ready() {
         return Err(DeliveryError::Unavailable(
             "the event feed is starting".into(),

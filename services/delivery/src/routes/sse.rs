@@ -91,11 +91,7 @@ fn start_point(
     reader: access::Reader,
 ) -> Result<(Option<u64>, Filter, Option<std::time::SystemTime>), DeliveryError> {
     let cursor = stream_cursor(params, last_event_id(headers)?)?;
-    let filter = Filter {
-        site: site.id.to_string(),
-        collections: reader.collections(params.collections()?)?,
-        preview: reader.preview,
-    };
+    let filter = reader.filter(site, params)?;
     if !state.hub.is_ready() {
         return Err(DeliveryError::Unavailable(
             "the event feed is starting".into(),
