@@ -16,7 +16,9 @@
 //!   only that and prints it;
 //! - history flood: live latency of 1,000 streams (200 with `--quick`) alone, then while
 //!   64 clients read a site's history from JetStream back to back on the same delivery;
-//!   `--flood` runs only that and prints it.
+//!   `--flood` runs only that and prints it;
+//! - notify: webhook → browser latency of a site whose revalidation target answers in 50 ms,
+//!   with `notify: immediate` and with `after_revalidate`; `--notify` runs only that.
 
 mod baseline;
 mod report;
@@ -65,6 +67,10 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", flood_row(quick).await);
         return Ok(());
     }
+    if args.iter().any(|a| a == "--notify") {
+        println!("{}", notify_row(quick).await);
+        return Ok(());
+    }
     let plan = if quick {
         scenarios::Plan::quick()
     } else {
@@ -96,10 +102,12 @@ async fn main() -> anyhow::Result<()> {
     let memory = memory_row(quick).await;
     let isolation = isolation_row(quick).await;
     let flood = flood_row(quick).await;
+    let notify = notify_row(quick).await;
     let mut markdown = std::fs::read_to_string(&written.markdown)?;
     markdown.push_str(&memory);
     markdown.push_str(&isolation);
     markdown.push_str(&flood);
+    markdown.push_str(&notify);
     std::fs::write(&written.markdown, markdown)?;
     println!("{}", std::fs::read_to_string(&written.markdown)?);
     println!(
@@ -191,6 +199,38 @@ async fn flood_row(quick: bool) -> String {
     }
     format!(
         "\n## Live latency under a history-read flood\n\nWebhook accepted → each of the streams of one site ({samples} events, 50 ms apart), alone and while clients read another site's 3,000 events from JetStream (`since=1&limit=1000`, older than the 1,000-event window) back to back on the same delivery, ignoring `Retry-After` as an attacker would, default history-read caps (32 per process, 4 per site; the rest answered `429 busy`). The readers come from many addresses (no per-address limit applies), or from one address under the default per-address request limit (50/s, burst 200; the rest answered `429 rate_limited`):\n\n| streams | history readers | their addresses | reads served/s | reads refused/s | p50 (ms) | p99 (ms) | max (ms) | missed |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|\n{rows}"
+    )
+}
+
+/// The notify row: what holding events until the site's target answered costs.
+async fn notify_row(quick: bool) -> String {
+    use spool_integration_tests::notify::{measure, Plan};
+    let (streams, samples) = if quick { (100, 20) } else { (1000, 50) };
+    let mut rows = String::new();
+    for after_revalidate in [false, true] {
+        let report = measure(Plan {
+            streams,
+            samples,
+            target_ms: 50,
+            after_revalidate,
+        })
+        .await;
+        let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
+        rows.push_str(&format!(
+            "| {} | {streams} | {} | {} | {} | {} |\n",
+            if after_revalidate {
+                "after_revalidate"
+            } else {
+                "immediate"
+            },
+            ms(report.percentile(0.5)),
+            ms(report.percentile(0.99)),
+            ms(report.percentile(1.0)),
+            report.missed,
+        ));
+    }
+    format!(
+        "\n## Fresh on notify\n\nWebhook accepted → each stream of one site ({samples} events one at a time), the site's revalidation target answering in 50 ms, default settings (the revalidator merges events of 100 ms into one call):\n\n| notify | streams | p50 (ms) | p99 (ms) | max (ms) | missed |\n|---|---:|---:|---:|---:|---:|\n{rows}"
     )
 }
 

@@ -54,11 +54,11 @@ impl Report {
 const TOKEN: &str = "rk_test_live_0123456789";
 
 /// One stream's arrival times by seq.
-type Arrivals = Arc<std::sync::Mutex<std::collections::HashMap<u64, Instant>>>;
+pub(crate) type Arrivals = Arc<std::sync::Mutex<std::collections::HashMap<u64, Instant>>>;
 
 /// Opens a stream of `live` (as client `address`) and records when each event's `id:` line
 /// arrives.
-async fn follow(
+pub(crate) async fn follow(
     http: reqwest::Client,
     url: String,
     address: String,

@@ -7,6 +7,7 @@ pub mod flood;
 pub mod isolation;
 pub mod memory;
 pub mod nats_server;
+pub mod notify;
 pub mod otlp;
 pub mod process;
 pub mod receiver;
