@@ -150,3 +150,64 @@ async fn a_failing_target_releases_the_event_at_the_timeout_marked_not_fresh_and
     assert_eq!(page["events"][0]["fresh"], false);
     assert_eq!(page["events"][1]["seq"], second);
 }
+
+#[tokio::test]
+async fn two_replicas_release_the_same_events_the_same_way() {
+    let slow = TestReceiver::start([]).await;
+    slow.otherwise(Reply::Slow(Duration::from_millis(300)));
+    let failing = TestReceiver::start([]).await;
+    failing.otherwise(Reply::Status(500));
+    let mut site = held_site("acme", &slow, 8_000);
+    // `news` goes to the failing target (held until the timeout), `blog` to the slow one.
+    site["revalidate"] = json!([
+        slow.target(Some(&["blog"])),
+        failing.target(Some(&["news"]))
+    ]);
+    site["notify_timeout_ms"] = 1_500.into();
+    let sys = start(&[site]).await;
+    let second = TestService::start_delivery(delivery_config(&sys._nats.url())).await;
+    let connect = |delivery: &TestService| {
+        SseClient::connect(
+            delivery
+                .http
+                .get(delivery.url("/v1/sites/acme/events/stream"))
+                .bearer_auth("rk_test_acme_0123456789"),
+            None,
+        )
+    };
+    let mut a = connect(&sys.delivery).await;
+    let mut b = connect(&second).await;
+    assert_eq!(a.next_event(T).await.unwrap().event, "ready");
+    assert_eq!(b.next_event(T).await.unwrap().event, "ready");
+    let mut sent = Vec::new();
+    for (i, collection) in ["blog", "news", "blog"].iter().enumerate() {
+        let id = format!("m{i}");
+        let (status, body) = Webhook::published(&id, collection, &id)
+            .send(&sys.ingest.http, &sys.ingest.base_url, "acme")
+            .await;
+        assert_eq!(status, 202, "{body}");
+        sent.push(body["seq"].as_u64().unwrap());
+    }
+    let mut seen = Vec::new();
+    for client in [&mut a, &mut b] {
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let m = client.next_message(T).await.unwrap();
+            got.push((m.id, m.data.get("fresh").cloned()));
+        }
+        seen.push(got);
+    }
+    assert_eq!(seen[0], seen[1], "both replicas released the same way");
+    let ids: Vec<u64> = seen[0].iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        ids, sent,
+        "in order: the blog event behind the held news event waits"
+    );
+    assert_eq!(seen[0][0].1, None, "the first blog event: fresh in time");
+    assert_eq!(
+        seen[0][1].1,
+        Some(json!(false)),
+        "the news event: timed out"
+    );
+    drop(stale);
+}
