@@ -209,5 +209,4 @@ async fn two_replicas_release_the_same_events_the_same_way() {
         Some(json!(false)),
         "the news event: timed out"
     );
-    drop(stale);
 }
