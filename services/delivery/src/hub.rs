@@ -359,22 +359,14 @@ async fn feed(
     hub: &Hub,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
-    while !shutdown.is_cancelled() {
-        let result = tokio::select! {
-            r = follow(&js, registry, hub) => r,
-            _ = disconnects.next() => Err(anyhow::anyhow!("NATS disconnected")),
-            _ = shutdown.cancelled() => return,
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "event feed interrupted");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.cancelled() => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
+    spool_platform::nats::keep_running(
+        "the event feed",
+        &disconnects,
+        &shutdown,
+        || follow(&js, registry, hub),
+        || {},
+    )
+    .await;
 }
 
 async fn follow(js: &jetstream::Context, registry: &SiteRegistry, hub: &Hub) -> anyhow::Result<()> {
