@@ -183,7 +183,8 @@ impl Site {
             let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
             if !scheme_ok || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 problems.push(format!(
-                    "revalidate[{i}].url: {url:?} must be an http(s) URL"
+                    // Not quoted: a URL may carry a token, and this message is logged.
+                    "revalidate[{i}].url: must be an http(s) URL without whitespace"
                 ));
             }
             if let Err(e) = SigningKey::from_secret(&target.secret) {
