@@ -54,11 +54,41 @@ impl Report {
 const TOKEN: &str = "rk_test_live_0123456789";
 
 /// One stream's arrival times by seq.
-pub(crate) type Arrivals = Arc<std::sync::Mutex<std::collections::HashMap<u64, Instant>>>;
+type Arrivals = Arc<std::sync::Mutex<std::collections::HashMap<u64, Instant>>>;
+
+/// Opens `n` streams of `live` at `url`, each as its own client address (`10.<net>.x.y`,
+/// told apart by a trusted loopback proxy where the delivery has one), and waits until
+/// every one said `ready`: their arrival records, and the tasks reading them.
+pub(crate) async fn open_streams(
+    url: &str,
+    n: usize,
+    net: u8,
+) -> (Vec<Arrivals>, Vec<tokio::task::JoinHandle<()>>) {
+    let ready = Arc::new(AtomicU64::new(0));
+    let streams: Vec<Arrivals> = (0..n).map(|_| Arrivals::default()).collect();
+    let followers = streams
+        .iter()
+        .enumerate()
+        .map(|(i, arrivals)| {
+            tokio::spawn(follow(
+                reqwest::Client::new(),
+                url.to_owned(),
+                format!("10.{net}.{}.{}", i / 250, i % 250 + 1),
+                arrivals.clone(),
+                ready.clone(),
+            ))
+        })
+        .collect();
+    crate::eventually("every stream ready", Duration::from_secs(60), || async {
+        (ready.load(Ordering::Relaxed) >= n as u64).then_some(())
+    })
+    .await;
+    (streams, followers)
+}
 
 /// Opens a stream of `live` (as client `address`) and records when each event's `id:` line
 /// arrives.
-pub(crate) async fn follow(
+async fn follow(
     http: reqwest::Client,
     url: String,
     address: String,
@@ -106,14 +136,10 @@ pub async fn measure(plan: Plan) -> Report {
     let old_token = "rk_test_old_0123456789";
     let dir = tempfile::tempdir().expect("temp dir");
     let file = write_sites_file(dir.path(), &[site_json("live"), site_json("old")]);
-    let env = [
-        ("NATS_URL", nats.url()),
-        ("SPOOL_SITES_FILE", file.display().to_string()),
-        ("RUST_LOG", "warn".to_string()),
-        ("SPOOL_REPLAY_WINDOW", plan.window.to_string()),
-    ];
+    let mut env = crate::process::service_env(&nats, &file);
+    env.push(("SPOOL_REPLAY_WINDOW", plan.window.to_string()));
     let ingest = ServiceProcess::start("spool-ingest", &env).await;
-    let mut delivery_env = env.to_vec();
+    let mut delivery_env = env.clone();
     if plan.one_address {
         delivery_env.extend([
             ("SPOOL_TRUSTED_PROXIES", "127.0.0.1/32".to_string()),
@@ -135,25 +161,11 @@ pub async fn measure(plan: Plan) -> Report {
         .await;
     let delivery = ServiceProcess::start("spool-delivery", &delivery_env).await;
 
-    let ready = Arc::new(AtomicU64::new(0));
-    let streams: Vec<Arrivals> = (0..plan.streams).map(|_| Arrivals::default()).collect();
-    let stream_url = delivery.url("/v1/sites/live/events/stream");
-    let followers: Vec<_> = streams
-        .iter()
-        .enumerate()
-        .map(|(i, arrivals)| {
-            tokio::spawn(follow(
-                reqwest::Client::new(),
-                stream_url.clone(),
-                format!("10.1.{}.{}", i / 250, i % 250 + 1),
-                arrivals.clone(),
-                ready.clone(),
-            ))
-        })
-        .collect();
-    crate::eventually("every stream ready", Duration::from_secs(60), || async {
-        (ready.load(Ordering::Relaxed) >= plan.streams as u64).then_some(())
-    })
+    let (streams, followers) = open_streams(
+        &delivery.url("/v1/sites/live/events/stream"),
+        plan.streams,
+        1,
+    )
     .await;
 
     let stop = CancellationToken::new();

@@ -13,7 +13,7 @@ use crate::nats_server::NatsServer;
 use crate::process::ServiceProcess;
 use crate::receiver::{Reply, TestReceiver};
 use crate::webhook::Webhook;
-use crate::{site_json, write_sites_file, LOOPBACK_TARGET_NETWORKS};
+use crate::{site_json, write_sites_file};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
@@ -76,15 +76,7 @@ pub async fn measure(plan: Plan) -> Report {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let file = write_sites_file(dir.path(), &sites);
-    let env = [
-        ("NATS_URL", nats.url()),
-        ("SPOOL_SITES_FILE", file.display().to_string()),
-        ("RUST_LOG", "warn".to_string()),
-        (
-            "SPOOL_ALLOWED_TARGET_NETWORKS",
-            LOOPBACK_TARGET_NETWORKS.to_string(),
-        ),
-    ];
+    let env = crate::process::service_env(&nats, &file);
     let revalidator = ServiceProcess::start("spool-revalidator", &env).await;
     let ingest = ServiceProcess::start("spool-ingest", &env).await;
     let http = reqwest::Client::new();

@@ -5,16 +5,14 @@
 //! a time; each (stream, event) latency is the time from the ingest's 202 to the stream
 //! receiving the event.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::flood::{follow, Arrivals};
+use crate::flood::open_streams;
 use crate::nats_server::NatsServer;
 use crate::process::ServiceProcess;
 use crate::receiver::{Reply, TestReceiver};
 use crate::webhook::Webhook;
-use crate::{site_json, write_sites_file, LOOPBACK_TARGET_NETWORKS};
+use crate::{site_json, write_sites_file};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
@@ -50,38 +48,16 @@ pub async fn measure(plan: Plan) -> Report {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let file = write_sites_file(dir.path(), &[site]);
-    let env = [
-        ("NATS_URL", nats.url()),
-        ("SPOOL_SITES_FILE", file.display().to_string()),
-        ("RUST_LOG", "warn".to_string()),
-        (
-            "SPOOL_ALLOWED_TARGET_NETWORKS",
-            LOOPBACK_TARGET_NETWORKS.to_string(),
-        ),
-    ];
+    let env = crate::process::service_env(&nats, &file);
     let ingest = ServiceProcess::start("spool-ingest", &env).await;
     let _revalidator = ServiceProcess::start("spool-revalidator", &env).await;
     let delivery = ServiceProcess::start("spool-delivery", &env).await;
 
-    let ready = Arc::new(AtomicU64::new(0));
-    let streams: Vec<Arrivals> = (0..plan.streams).map(|_| Arrivals::default()).collect();
-    let url = delivery.url("/v1/sites/live/events/stream");
-    let followers: Vec<_> = streams
-        .iter()
-        .enumerate()
-        .map(|(i, arrivals)| {
-            tokio::spawn(follow(
-                reqwest::Client::new(),
-                url.clone(),
-                format!("10.2.{}.{}", i / 250, i % 250 + 1),
-                arrivals.clone(),
-                ready.clone(),
-            ))
-        })
-        .collect();
-    crate::eventually("every stream ready", Duration::from_secs(60), || async {
-        (ready.load(Ordering::Relaxed) >= plan.streams as u64).then_some(())
-    })
+    let (streams, followers) = open_streams(
+        &delivery.url("/v1/sites/live/events/stream"),
+        plan.streams,
+        2,
+    )
     .await;
 
     let http = reqwest::Client::new();

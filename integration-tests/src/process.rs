@@ -150,6 +150,23 @@ pub const TEST_LIMITS: [(&str, &str); 5] = [
     ("SPOOL_WEBHOOK_BURST", "1000000000"),
 ];
 
+/// The environment a benchmark driver starts the services with: its NATS, its sites file,
+/// quiet logs, and loopback revalidation targets allowed (the test receivers).
+pub fn service_env(
+    nats: &crate::nats_server::NatsServer,
+    sites_file: &std::path::Path,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("NATS_URL", nats.url()),
+        ("SPOOL_SITES_FILE", sites_file.display().to_string()),
+        ("RUST_LOG", "warn".to_string()),
+        (
+            "SPOOL_ALLOWED_TARGET_NETWORKS",
+            crate::LOOPBACK_TARGET_NETWORKS.to_string(),
+        ),
+    ]
+}
+
 impl ServiceProcess {
     /// Starts `name` (e.g. `spool-delivery`) with `env` and waits until `/readyz` is 200.
     /// JSON logs at `info` and [`TEST_LIMITS`] unless `env` says otherwise (`RUST_LOG`,

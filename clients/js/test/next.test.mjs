@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { chromium } from "playwright-core";
 import { Webhook } from "standardwebhooks";
-import { ADMIN_TOKEN, REVALIDATE_SECRET, WEBHOOK_SECRET, eventually, freePort, publish, site, startStack, tempDir } from "./harness.mjs";
+import { REVALIDATE_SECRET, WEBHOOK_SECRET, eventually, freePort, publish, site, startStack, tempDir } from "./harness.mjs";
 
 const APP = join(import.meta.dirname, "fixtures/next-app");
 const NEXT_BIN = createRequire(join(APP, "package.json")).resolve("next/dist/bin/next");
@@ -58,7 +58,6 @@ const title = async (url) => {
 
 describe("@spool-live/next in a real Next.js app", () => {
   let stack;
-  let acmeSite;
   let cms;
   let app;
   let base;
@@ -81,16 +80,19 @@ describe("@spool-live/next in a real Next.js app", () => {
     base = `http://127.0.0.1:${port}`;
     cms = await cmsServer();
     contentDir = tempDir("spool-js-content-");
-    acmeSite = site("acme", {
-      cors_origins: [base],
-      revalidate: [{ url: `${base}/api/revalidate`, secret: REVALIDATE_SECRET }],
-      subscriber_secret: WEBHOOK_SECRET,
+    const revalidate = [{ url: `${base}/api/revalidate`, secret: REVALIDATE_SECRET }];
+    const collections = (id) => ({
+      blog: { paths: ["/blog/{slug}", "/blog"], tags: ["blog", "blog:{slug}"] },
+      fresh: { paths: [`/fresh/${id}/{slug}`], tags: [] },
     });
     stack = await startStack({
       services: ["ingest", "delivery", "revalidator"],
-      // The site's revalidation target is local: allowed explicitly.
+      // The sites' revalidation target is local: allowed explicitly.
       env: { SPOOL_ALLOWED_TARGET_NETWORKS: "127.0.0.0/8,::1/128" },
-      sites: [acmeSite],
+      sites: [
+        site("acme", { cors_origins: [base], revalidate, subscriber_secret: WEBHOOK_SECRET, collections: collections("acme") }),
+        site("held", { cors_origins: [base], revalidate, notify: "after_revalidate", collections: collections("held") }),
+      ],
     });
     // NEXT_PUBLIC_* are inlined by the build.
     const publicEnv = {
@@ -242,28 +244,20 @@ describe("@spool-live/next in a real Next.js app", () => {
       args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
     });
-    const setNotify = async (notify) => {
-      const r = await fetch(`${stack.ingest.url}/v1/admin/sites/acme`, {
-        method: "PUT",
-        headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
-        body: JSON.stringify({ ...acmeSite, notify }),
-      });
-      assert.ok(r.ok, `PUT site: ${r.status} ${await r.text()}`);
-    };
     // Twenty changes, each: write the new content, send the webhook, and read what the
     // browser's refresh (on the event) shows once it has settled.
-    const run = async (slug, timeout) => {
+    const run = async (siteId, slug, timeout) => {
       setFile(slug, `${slug} v0`);
       const page = await browser.newPage();
       const logs = [];
       page.on("console", (m) => logs.push(m.text()));
-      await page.goto(`${base}/fresh/${slug}`);
+      await page.goto(`${base}/fresh/${siteId}/${slug}`);
       await eventually("the page's subscription live", () => logs.some((l) => l.includes("✅ Connected")));
       let fresh = 0;
       for (let i = 1; i <= 20; i++) {
         const want = `${slug} v${i}`;
         setFile(slug, want);
-        await publish(stack.ingest.url, "acme", { slug, collection: "fresh" });
+        await publish(stack.ingest.url, siteId, { slug, collection: "fresh" });
         try {
           await page.waitForFunction((t) => document.querySelector("#title")?.textContent === t, want, { timeout });
           fresh++;
@@ -275,12 +269,10 @@ describe("@spool-live/next in a real Next.js app", () => {
       return fresh;
     };
     try {
-      await setNotify("after_revalidate");
-      await new Promise((r) => setTimeout(r, 500)); // the registry watch
-      const held = await run("held", 3000);
-      await setNotify("immediate");
-      await new Promise((r) => setTimeout(r, 500));
-      const immediate = await run("immediate", 1500);
+      // `held` notifies after revalidation, `acme` at once (each site maps `fresh` to its
+      // own page).
+      const held = await run("held", "held", 3000);
+      const immediate = await run("acme", "immediate", 1500);
       console.log(`fresh after the event's refresh: after_revalidate ${held}/20, immediate ${immediate}/20`);
       assert.equal(held, 20, "with after_revalidate, every refresh showed the new content");
     } finally {

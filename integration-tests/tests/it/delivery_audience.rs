@@ -14,7 +14,7 @@ use spool_integration_tests::nats_server::NatsServer;
 use spool_integration_tests::services::{delivery_config, ingest_config, TestService};
 use spool_integration_tests::sse::SseClient;
 use spool_integration_tests::webhook::Webhook;
-use spool_integration_tests::{site_json, TEST_SECRET};
+use spool_integration_tests::{eventually, site_json, TEST_SECRET};
 use spool_proto::signing::SigningKey;
 
 const T: Duration = Duration::from_secs(10);
@@ -179,19 +179,13 @@ async fn a_draft_reaches_preview_readers_only_on_every_path() {
     let after_draft = page(&sys.delivery, &format!("?since={published}"), READ_TOKEN).await;
     assert!(seqs(&after_draft).is_empty());
     let draft2 = sys.send("d2", "content.created", SECRET_TITLE).await;
-    let moved = {
-        let mut next = 0;
-        for _ in 0..100 {
-            let p = page(&sys.delivery, &format!("?since={published}"), READ_TOKEN).await;
-            assert!(seqs(&p).is_empty());
-            next = p["next"].as_u64().unwrap();
-            if next >= draft2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        next
-    };
+    let moved = eventually("the visitor's cursor past the draft", T, || async {
+        let p = page(&sys.delivery, &format!("?since={published}"), READ_TOKEN).await;
+        assert!(seqs(&p).is_empty());
+        let next = p["next"].as_u64().unwrap();
+        (next >= draft2).then_some(next)
+    })
+    .await;
     assert_eq!(moved, draft2, "the visitor's cursor moved past the draft");
 
     // From JetStream: a delivery whose window no longer holds these events.
@@ -382,15 +376,12 @@ async fn tokens_signed_with_a_key_of_the_sites_jwks_are_accepted_and_rotation_is
         }
     };
     // The site change reaches the delivery through the registry watch.
-    let mut accepted = false;
-    for _ in 0..100 {
-        if status(eddsa(&k1, "k1")).await.0 == 200 {
-            accepted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(accepted, "an EdDSA token of the JWKS's key k1");
+    eventually(
+        "an EdDSA token of the JWKS's key k1 accepted",
+        T,
+        || async { (status(eddsa(&k1, "k1")).await.0 == 200).then_some(()) },
+    )
+    .await;
     let (code, body) = status(eddsa(&k1, "k9")).await;
     assert_eq!(
         (code, &body["error"]["code"]),
@@ -405,14 +396,46 @@ async fn tokens_signed_with_a_key_of_the_sites_jwks_are_accepted_and_rotation_is
     // Rotation: the site publishes k2 and drops k1; a token of k2 is accepted once the set
     // is fetched again (a `kid` the cached set lacks asks for it, at most every few seconds).
     *keys.lock().unwrap() = json!({"keys": [jwk2]});
-    let mut rotated = false;
-    for _ in 0..150 {
-        if status(eddsa(&k2, "k2")).await.0 == 200 {
-            rotated = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(rotated, "k2 accepted after the rotation");
+    eventually("k2 accepted after the rotation", T, || async {
+        (status(eddsa(&k2, "k2")).await.0 == 200).then_some(())
+    })
+    .await;
     assert_eq!(status(eddsa(&k1, "k1")).await.0, 401, "k1 is gone");
+}
+
+#[tokio::test]
+async fn a_jwks_that_cannot_be_read_is_transient_trouble_not_the_readers_fault() {
+    let sys = start().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut site = site_json("acme");
+    site["subscriber_jwks_url"] = format!("http://127.0.0.1:{dead}/jwks.json").into();
+    sys.ingest.put_site(&site).await;
+    let (key, _) = ed25519("k1");
+    let token = eddsa(&key, "k1");
+    // The poll is told to come back (once the site change reached the delivery).
+    let (status, retry_after, body) = eventually("a 503 for the unreadable JWKS", T, || async {
+        let r = poll(&sys.delivery, "?since=0", &token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let retry_after = r.headers().get("retry-after").is_some();
+        let body: Value = r.json().await.unwrap();
+        (status == 503).then_some((status, retry_after, body))
+    })
+    .await;
+    assert_eq!((status, retry_after), (503, true), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("JWKS"));
+    // A stream: 200 with only a retry hint, so EventSource comes back.
+    let r = stream(&sys.delivery, "", &token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.starts_with("retry: ") && !text.contains("event:"),
+        "{text}"
+    );
 }

@@ -101,11 +101,7 @@ impl DeliveryConfig {
         if self.slow_client_timeout < Duration::from_millis(100) {
             problems.push("SPOOL_SLOW_CLIENT_TIMEOUT must be at least 100ms");
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
-        }
+        spool_platform::config::verdict(&problems)
     }
 
     /// Defaults, with the given shared settings and listen address (port 0 in tests).

@@ -337,13 +337,11 @@ pub async fn run_feed(
 ) {
     // Each event is encoded once, with its site's public fields: none before the registry
     // has loaded (an event encoded without its site would show visitors the defaults).
-    while !readiness.registry_loaded() {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-            _ = shutdown.cancelled() => {
-                hub.close();
-                return;
-            }
+    tokio::select! {
+        _ = readiness.registry_loaded_wait() => {}
+        _ = shutdown.cancelled() => {
+            hub.close();
+            return;
         }
     }
     feed(js, disconnects, &registry, &hub, shutdown).await;
@@ -444,6 +442,10 @@ async fn follow(js: &jetstream::Context, registry: &SiteRegistry, hub: &Hub) -> 
 /// What an event waits for before its site's readers hear of it (`None`: nothing).
 fn hold_of(registry: &SiteRegistry, event: &FeedEvent) -> Option<Hold> {
     let site = registry.get(&event.site)?;
+    // Most sites notify at once: nothing more to look at for their events.
+    if site.notify != Some(spool_proto::site::Notify::AfterRevalidate) {
+        return None;
+    }
     let collection = spool_proto::CollectionName::parse(event.collection.clone()).ok()?;
     let (targets, timeout) = site.hold_for(&collection, event.kind, event.audience)?;
     Some(Hold {

@@ -66,11 +66,7 @@ impl IngestConfig {
         if self.webhook_burst == 0 {
             problems.push("SPOOL_WEBHOOK_BURST must be more than 0");
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
-        }
+        spool_platform::config::verdict(&problems)
     }
 }
 

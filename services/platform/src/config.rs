@@ -138,6 +138,18 @@ impl Default for StreamSettings {
     }
 }
 
+/// A settings check's answer: every problem on one line, or none.
+pub fn verdict(problems: &[impl AsRef<str>]) -> Result<(), String> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(problems
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join("; "))
+}
+
 impl CommonConfig {
     /// The servers of `NATS_URL`: one URL, or several separated by commas (the client
     /// connects to any that answers, and moves to another when its node is gone).
@@ -214,11 +226,7 @@ impl CommonConfig {
                 self.streams.duplicate_window, self.streams.max_age
             ));
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
-        }
+        verdict(&problems)
     }
 }
 

@@ -11,7 +11,8 @@ type Check = Box<dyn Fn() -> bool + Send + Sync>;
 pub struct Readiness {
     client: async_nats::Client,
     provisioned: Arc<AtomicBool>,
-    registry_synced: Arc<AtomicBool>,
+    /// The registry holds the whole bucket: a watch, so that work can wait for it.
+    registry_synced: Arc<tokio::sync::watch::Sender<bool>>,
     /// A service's own conditions: (what is missing when false, the check).
     extra: Arc<RwLock<Vec<(&'static str, Check)>>>,
 }
@@ -21,7 +22,7 @@ impl Readiness {
         Readiness {
             client,
             provisioned: Arc::default(),
-            registry_synced: Arc::default(),
+            registry_synced: Arc::new(tokio::sync::watch::Sender::new(false)),
             extra: Arc::default(),
         }
     }
@@ -41,12 +42,19 @@ impl Readiness {
     }
 
     pub fn set_registry_synced(&self, synced: bool) {
-        self.registry_synced.store(synced, Ordering::Release);
+        self.registry_synced.send_replace(synced);
     }
 
     /// The registry holds the whole bucket (an unknown site is really unknown).
     pub fn registry_loaded(&self) -> bool {
-        self.registry_synced.load(Ordering::Acquire)
+        *self.registry_synced.borrow()
+    }
+
+    /// Resolves once the registry has loaded the whole bucket (at once if it has).
+    pub async fn registry_loaded_wait(&self) {
+        let mut synced = self.registry_synced.subscribe();
+        // The sender lives as long as `self`: the wait can't fail while we hold it.
+        let _ = synced.wait_for(|loaded| *loaded).await;
     }
 
     pub fn nats_connected(&self) -> bool {
@@ -70,7 +78,7 @@ impl Readiness {
         if !self.provisioned.load(Ordering::Acquire) {
             missing.push(Self::REASONS[1]);
         }
-        if !self.registry_synced.load(Ordering::Acquire) {
+        if !self.registry_loaded() {
             missing.push(Self::REASONS[2]);
         }
         let extra = self.extra.read().unwrap_or_else(PoisonError::into_inner);

@@ -129,11 +129,7 @@ impl RevalidatorConfig {
         if let Err(problem) = self.target_policy() {
             problems.push(problem);
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
-        }
+        spool_platform::config::verdict(&problems)
     }
 }
 
