@@ -141,6 +141,22 @@ impl FeedEvent {
             + self.collection.len()
     }
 
+    /// The event's paths and tags (read back from its encoding: asked for rarely, by
+    /// `event: revalidated`, so not kept twice).
+    pub fn paths_and_tags(&self) -> (Vec<String>, Vec<String>) {
+        #[derive(serde::Deserialize)]
+        struct Asked {
+            #[serde(default)]
+            paths: Vec<String>,
+            #[serde(default)]
+            tags: Vec<String>,
+        }
+        let encoded = &self.full;
+        serde_json::from_slice::<Asked>(&encoded.frame[encoded.json.clone()])
+            .map(|a| (a.paths, a.tags))
+            .unwrap_or_default()
+    }
+
     /// The delivered event JSON (a slice of the frame; no copy).
     pub fn json(&self, preview: bool) -> Bytes {
         let encoded = self.encoded(preview);

@@ -14,11 +14,21 @@ use spool_platform::nats::Disconnects;
 use spool_platform::registry::SiteRegistry;
 use spool_platform::trace;
 use spool_proto::names::{EVENTS_STREAM, EVENTS_SUBJECTS, MSG_ID_HEADER};
+use spool_proto::outcome::CallOutcome;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::frames::FeedEvent;
+use crate::revalidated::Revalidated;
 use crate::window::{Filter, Page, Window};
+
+/// What a site's live channel carries: its events, in order, and after them the notices
+/// that targets revalidated them (`event: revalidated`, for the readers that ask).
+#[derive(Debug, Clone)]
+pub enum Live {
+    Event(Arc<FeedEvent>),
+    Revalidated(Arc<Revalidated>),
+}
 
 pub struct Hub {
     state: Mutex<State>,
@@ -39,7 +49,7 @@ struct State {
     window: Window,
     /// The last stream sequence the feed has seen (events it could not decode included).
     last_seq: u64,
-    sites: HashMap<String, broadcast::Sender<Arc<FeedEvent>>>,
+    sites: HashMap<String, broadcast::Sender<Live>>,
     /// Per site of `notify: after_revalidate`, the events not released yet, in order:
     /// nothing of the site goes out past the first of them.
     held: HashMap<String, VecDeque<HeldEvent>>,
@@ -55,6 +65,8 @@ struct HeldEvent {
     waiting: HashSet<String>,
     /// It goes out then anyway, marked `"fresh": false`.
     deadline: SystemTime,
+    /// Notices of targets' `2xx` that go out right after it.
+    then: Vec<Arc<Revalidated>>,
 }
 
 /// What an event of an `after_revalidate` site waits for: these targets' `2xx`, until
@@ -71,7 +83,7 @@ const MAX_EARLY: usize = 100_000;
 /// A live subscription: every event of the site published after `last_seq` arrives on
 /// `events` (unless the receiver lags, which it reports).
 pub struct Subscription {
-    pub events: broadcast::Receiver<Arc<FeedEvent>>,
+    pub events: broadcast::Receiver<Live>,
     pub last_seq: u64,
 }
 
@@ -142,7 +154,7 @@ impl Hub {
         state.window.push(event.clone());
         let queued = state.held.get(&event.site).is_some_and(|q| !q.is_empty());
         if hold.is_none() && !queued {
-            state.send(event);
+            state.send(&event.site, Live::Event(event.clone()));
             return;
         }
         // Held for its targets, or behind an earlier held event of its site.
@@ -162,15 +174,22 @@ impl Hub {
                 event,
                 waiting,
                 deadline,
+                then: Vec::new(),
             });
         state.release(&site, SystemTime::now());
     }
 
-    /// A target answered `2xx` for these events of `site` (an outcome of the revalidator).
-    pub fn answered(&self, site: &str, target: &str, seqs: &[u64]) {
+    /// A revalidation call's outcome: a target that answered `2xx` no longer holds the
+    /// events it covered, and the site's readers hear that their paths are fresh (after the
+    /// events, which may still be held).
+    pub fn answered(&self, outcome: &CallOutcome) {
+        if !outcome.ok {
+            return;
+        }
+        let (site, target) = (outcome.site.as_str(), outcome.target.as_str());
         let mut state = self.state();
         let last_seq = state.last_seq;
-        for &seq in seqs {
+        for &seq in &outcome.seqs {
             let held = state
                 .held
                 .get_mut(site)
@@ -191,6 +210,19 @@ impl Hub {
                     }
                 }
                 None => {}
+            }
+        }
+        // Someone reads the site here: they may want to know (only its own events count).
+        if state.sites.contains_key(site) {
+            let window = &state.window;
+            let covered = outcome
+                .seqs
+                .iter()
+                .filter_map(|&seq| window.get(seq))
+                .filter(|event| event.site == site)
+                .map(|event| &**event);
+            if let Some(notice) = Revalidated::new(outcome, covered) {
+                state.notify(site, Arc::new(notice));
             }
         }
         state.release(site, SystemTime::now());
@@ -264,13 +296,31 @@ impl Hub {
 }
 
 impl State {
-    /// Sends a released event to its site's live readers.
-    fn send(&mut self, event: Arc<FeedEvent>) {
-        if let Some(tx) = self.sites.get(&event.site) {
-            if tx.send(event.clone()).is_err() {
+    /// Sends a released event, or a notice, to the site's live readers.
+    fn send(&mut self, site: &str, item: Live) {
+        if let Some(tx) = self.sites.get(site) {
+            if tx.send(item).is_err() {
                 // Nobody listens to this site any more.
-                self.sites.remove(&event.site);
+                self.sites.remove(site);
             }
+        }
+    }
+
+    /// Sends `notice` after the last event it covers: now if that is released, or else
+    /// right after that event's release.
+    fn notify(&mut self, site: &str, notice: Arc<Revalidated>) {
+        let last = notice.last_seq();
+        if last <= self.released_end(site) {
+            self.send(site, Live::Revalidated(notice));
+            return;
+        }
+        let held = self.held.get_mut(site).and_then(|queue| {
+            // The last event held at or before `last` (it is `last`, unless that was
+            // released already, which `released_end` rules out).
+            queue.iter_mut().rev().find(|h| h.event.seq <= last)
+        });
+        if let Some(held) = held {
+            held.then.push(notice);
         }
     }
 
@@ -308,7 +358,10 @@ impl State {
             };
             metrics::counter!("spool_delivery_held_released_total", "fresh" => if fresh { "yes" } else { "no" })
                 .increment(1);
-            self.send(event);
+            self.send(site, Live::Event(event));
+            for notice in held.then {
+                self.send(site, Live::Revalidated(notice));
+            }
         }
     }
 }
@@ -493,11 +546,8 @@ async fn follow_outcomes(
     let mut messages = consumer.messages().await.context("reading outcomes")?;
     while let Some(message) = messages.next().await {
         let message = message.context("outcome message")?;
-        match serde_json::from_slice::<spool_proto::outcome::CallOutcome>(&message.payload) {
-            Ok(outcome) if outcome.ok => {
-                hub.answered(outcome.site.as_str(), &outcome.target, &outcome.seqs)
-            }
-            Ok(_) => {}
+        match serde_json::from_slice::<CallOutcome>(&message.payload) {
+            Ok(outcome) => hub.answered(&outcome),
             Err(e) => tracing::warn!(error = %e, "not a call outcome in SPOOL_OUTCOMES; skipped"),
         }
     }
@@ -520,6 +570,30 @@ mod tests {
         )
     }
 
+    fn seq(item: Live) -> u64 {
+        match item {
+            Live::Event(event) => event.seq,
+            Live::Revalidated(notice) => panic!("a notice, not an event: {notice:?}"),
+        }
+    }
+
+    /// `target` answered `2xx` for `seqs` of `site`.
+    fn ok(site: &str, target: &str, seqs: &[u64]) -> CallOutcome {
+        CallOutcome {
+            site: spool_proto::names::SiteId::parse(site).unwrap(),
+            target: target.into(),
+            url: "https://example.com/api/revalidate".into(),
+            webhook_id: "w".into(),
+            attempt: 1,
+            seqs: seqs.to_vec(),
+            paths: vec!["/blog".into()],
+            tags: vec![],
+            ok: true,
+            status: Some(200),
+            at: time::OffsetDateTime::now_utc(),
+        }
+    }
+
     #[test]
     fn a_subscription_sees_exactly_what_follows_its_last_seq() {
         let hub = Hub::new(100, usize::MAX, 16);
@@ -530,7 +604,7 @@ mod tests {
         hub.publish(12, Some(event(12, "b")), None);
         hub.publish(13, None, None);
         hub.publish(14, Some(event(14, "a")), None);
-        assert_eq!(sub.events.try_recv().unwrap().seq, 14);
+        assert_eq!(seq(sub.events.try_recv().unwrap()), 14);
         assert!(sub.events.try_recv().is_err());
         assert_eq!(hub.last_seq(), 14);
         let a = Filter {
@@ -593,12 +667,12 @@ mod tests {
             deadline: later,
         };
         // t2 answers before this replica's feed sees event 11.
-        hub.answered("a", "t2", &[11]);
+        hub.answered(&ok("a", "t2", &[11]));
         hub.publish(11, Some(event(11, "a")), Some(hold(&["t1", "t2"])));
         hub.publish(12, Some(event(12, "a")), None);
         hub.publish(13, Some(event(13, "b")), None);
         assert_eq!(
-            b.events.try_recv().unwrap().seq,
+            seq(b.events.try_recv().unwrap()),
             13,
             "another site is not held"
         );
@@ -618,9 +692,9 @@ mod tests {
             "stops before the held event"
         );
 
-        hub.answered("a", "t1", &[11]);
-        assert_eq!(a.events.try_recv().unwrap().seq, 11);
-        assert_eq!(a.events.try_recv().unwrap().seq, 12);
+        hub.answered(&ok("a", "t1", &[11]));
+        assert_eq!(seq(a.events.try_recv().unwrap()), 11);
+        assert_eq!(seq(a.events.try_recv().unwrap()), 12);
         assert_eq!(hub.released_end("a"), 13);
         let json = a_json(&hub, &filter, 11);
         assert!(json.get("fresh").is_none(), "in time: not marked");
@@ -637,9 +711,58 @@ mod tests {
         hub.tick(SystemTime::now());
         assert!(a.events.try_recv().is_err());
         hub.tick(SystemTime::now() + Duration::from_secs(1));
-        let stale = a.events.try_recv().unwrap();
-        assert_eq!(stale.seq, 14);
+        assert_eq!(seq(a.events.try_recv().unwrap()), 14);
         assert_eq!(a_json(&hub, &filter, 13)["fresh"], false);
+    }
+
+    #[test]
+    fn a_notice_follows_the_events_it_covers() {
+        let hub = Hub::new(100, usize::MAX, 16);
+        hub.start(0, 0);
+        let mut a = hub.subscribe("a");
+        let event = |seq: u64, site: &str| {
+            let stored = serde_json::json!({
+                "id": format!("m{seq}"), "site": site, "type": "content.updated",
+                "collection": "blog", "item": {"id": "1"}, "paths": ["/blog"], "tags": [],
+                "occurred_at": "2026-11-25T10:00:00Z", "received_at": "2026-11-25T10:00:00Z"
+            });
+            Arc::new(
+                FeedEvent::from_stored(seq, stored.to_string().as_bytes(), &crate::frames::no_site)
+                    .unwrap(),
+            )
+        };
+        // Released at once (notify: immediate): the notice comes after it.
+        hub.publish(1, Some(event(1, "a")), None);
+        hub.publish(2, Some(event(2, "b")), None);
+        hub.answered(&ok("a", "t1", &[1, 2]));
+        assert_eq!(seq(a.events.try_recv().unwrap()), 1);
+        let Live::Revalidated(notice) = a.events.try_recv().unwrap() else {
+            panic!("a notice")
+        };
+        assert_eq!(
+            notice.last_seq(),
+            1,
+            "site b's event 2 is not site a's to hear of"
+        );
+        // Held for two targets: t1's notice waits for the event's release, after it.
+        let hold = Hold {
+            targets: vec!["t1".into(), "t2".into()],
+            deadline: SystemTime::now() + Duration::from_secs(60),
+        };
+        hub.publish(3, Some(event(3, "a")), Some(hold));
+        hub.answered(&ok("a", "t1", &[3]));
+        assert!(a.events.try_recv().is_err(), "3 is held: so is its notice");
+        hub.answered(&ok("a", "t2", &[3]));
+        assert_eq!(seq(a.events.try_recv().unwrap()), 3);
+        for _ in ["t1", "t2"] {
+            assert!(matches!(a.events.try_recv(), Ok(Live::Revalidated(_))));
+        }
+        // A failed call, or an event this replica hasn't seen: nothing to tell.
+        let mut failed = ok("a", "t1", &[3]);
+        failed.ok = false;
+        hub.answered(&failed);
+        hub.answered(&ok("a", "t1", &[99]));
+        assert!(a.events.try_recv().is_err());
     }
 
     /// The JSON a reader gets from the window for the event after `cursor`.
@@ -656,7 +779,7 @@ mod tests {
         let mut sub = hub.subscribe("a");
         hub.publish(1, Some(event(1, "a")), None);
         hub.close();
-        assert_eq!(sub.events.try_recv().unwrap().seq, 1);
+        assert_eq!(seq(sub.events.try_recv().unwrap()), 1);
         assert!(matches!(
             sub.events.try_recv(),
             Err(broadcast::error::TryRecvError::Closed)

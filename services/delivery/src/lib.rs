@@ -15,6 +15,7 @@ pub mod history;
 pub mod hub;
 pub mod jwks;
 pub mod live;
+pub mod revalidated;
 pub mod routes;
 pub mod subscriber;
 pub mod window;

@@ -28,11 +28,16 @@ impl Filter {
     /// Whether the client gets the event (for events known to be its site's): its
     /// collection, and its audience.
     pub fn wants(&self, event: &FeedEvent) -> bool {
-        (self.preview || event.audience == Audience::Public)
+        self.wants_kind(&event.collection, event.audience)
+    }
+
+    /// Whether the client gets events of this collection and audience.
+    pub fn wants_kind(&self, collection: &str, audience: Audience) -> bool {
+        (self.preview || audience == Audience::Public)
             && self
                 .collections
                 .as_ref()
-                .is_none_or(|list| list.contains(&event.collection))
+                .is_none_or(|list| list.iter().any(|c| c == collection))
     }
 }
 
@@ -88,6 +93,12 @@ impl Window {
             self.bytes = self.bytes - self.events[i].size() + event.size();
             self.events[i] = event;
         }
+    }
+
+    /// The event with this sequence, if the window holds it.
+    pub fn get(&self, seq: u64) -> Option<&Arc<FeedEvent>> {
+        let i = self.events.binary_search_by_key(&seq, |e| e.seq).ok()?;
+        self.events.get(i)
     }
 
     /// Where the window starts: it holds every event after this sequence.

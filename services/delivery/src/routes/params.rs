@@ -64,6 +64,17 @@ impl Params {
         Ok(Some(list))
     }
 
+    /// A yes/no parameter: `1`/`true` or `0`/`false` (absent: no).
+    pub fn flag(&self, name: &str) -> Result<bool, DeliveryError> {
+        match self.get(name) {
+            None | Some("0" | "false") => Ok(false),
+            Some("1" | "true") => Ok(true),
+            Some(raw) => Err(bad_param(format!(
+                "{name}: {raw:?} is not 1, true, 0 or false"
+            ))),
+        }
+    }
+
     fn number(&self, name: &str, max: u64) -> Result<Option<u64>, DeliveryError> {
         self.get(name)
             .map(|raw| {
@@ -162,6 +173,10 @@ mod tests {
             (None, 100, Duration::ZERO)
         );
         assert_eq!(none.collections().unwrap(), None);
+        assert!(p("revalidated=1").flag("revalidated").unwrap());
+        assert!(p("revalidated=true").flag("revalidated").unwrap());
+        assert!(!p("revalidated=0").flag("revalidated").unwrap());
+        assert!(!none.flag("revalidated").unwrap());
     }
 
     #[test]
@@ -176,6 +191,10 @@ mod tests {
         assert!(message(p("collections=Blog").collections().unwrap_err()).contains("\"Blog\""));
         assert!(message(p("collections=").collections().unwrap_err()).contains("collections"));
         assert!(message(p("collections=a,,b").collections().unwrap_err()).contains("collections"));
+        assert!(
+            message(p("revalidated=yes").flag("revalidated").unwrap_err())
+                .contains("revalidated: \"yes\" is not 1, true, 0 or false")
+        );
         assert_eq!(
             p("collections=blog,news,blog").collections().unwrap(),
             Some(vec!["blog".to_string(), "news".to_string()])

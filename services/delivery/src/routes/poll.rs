@@ -16,6 +16,7 @@ use super::{AppState, OpenConnection};
 use crate::catchup::{catch_up, CatchUp};
 use crate::error::DeliveryError;
 use crate::history::HistoryError;
+use crate::hub::Live;
 use crate::window::Filter;
 
 pub async fn poll(
@@ -112,7 +113,7 @@ async fn wait_for(
     loop {
         tokio::select! {
             received = live.events.recv() => match received {
-                Ok(event) if event.seq > since && filter.matches(&event) => return true,
+                Ok(Live::Event(event)) if event.seq > since && filter.matches(&event) => return true,
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(_)) => return true,
                 Err(broadcast::error::RecvError::Closed) => return false,

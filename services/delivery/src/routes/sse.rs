@@ -31,7 +31,7 @@ use crate::catchup::{catch_up, CatchUp};
 use crate::error::DeliveryError;
 use crate::frames::{self, FeedEvent};
 use crate::history::{History, HistoryError};
-use crate::hub::Hub;
+use crate::hub::{Hub, Live};
 use crate::live::{LiveReceiver, Recv};
 use crate::window::Filter;
 
@@ -53,6 +53,10 @@ pub async fn stream(
         Err(e) => return refuse(&state, access::hide_unknown(e, &headers, &params), None),
     };
     let origin = access::allowed_origin(&site, &headers);
+    let revalidated = match params.flag("revalidated") {
+        Ok(flag) => flag,
+        Err(e) => return refuse(&state, e, origin),
+    };
     let start = match access::authorize(&state, &site, &headers, &params).await {
         Ok(reader) => start_point(&state, &site, &headers, &params, reader),
         Err(e) => Err(e),
@@ -73,6 +77,7 @@ pub async fn stream(
         access::presented_token(&headers, &params),
     ));
     let mut session = Session::start(&state, filter, cursor, revoked, slot);
+    session.revalidated = revalidated;
     if let Some(at) = token_expires {
         let left = at
             .duration_since(std::time::SystemTime::now())
@@ -190,7 +195,9 @@ struct Session {
     /// cursor moves there (a quiet site's clients resume from the window after a deploy).
     at_end: Option<u64>,
     busy_retry: Duration,
-    live: LiveReceiver<Arc<FeedEvent>>,
+    live: LiveReceiver<Live>,
+    /// The client asked for `event: revalidated` frames.
+    revalidated: bool,
     /// Frames ready to send before anything else (`ready`, a catch-up page).
     queued: VecDeque<Bytes>,
     fetching: Option<Fetch>,
@@ -237,6 +244,7 @@ impl Session {
             at_end: None,
             busy_retry: settings.busy_retry,
             live: LiveReceiver::new(live.events),
+            revalidated: false,
             queued: VecDeque::from([frames::ready(millis(settings.retry), start, live.last_seq)]),
             fetching: None,
             heartbeat,
@@ -305,38 +313,57 @@ impl Session {
     }
 
     /// The next live event for this client, skipping what the catch-up already sent and
-    /// other collections; moves the cursor past it. (The caller counts deliveries once per
-    /// chunk rather than per event: every stream shares the counter.)
-    fn poll_live(&mut self, cx: &mut Context<'_>) -> Poll<Recv<Arc<FeedEvent>>> {
+    /// other collections, and moving the cursor past it; or a notice that paths of its events
+    /// are fresh, if it asked. (The caller counts deliveries once per chunk rather than per
+    /// event: every stream shares the counter.)
+    fn poll_live(&mut self, cx: &mut Context<'_>) -> Poll<Recv<Out>> {
         loop {
-            let live = std::task::ready!(self.live.poll_recv(cx));
-            if let Recv::Item(event) = &live {
+            let item = match std::task::ready!(self.live.poll_recv(cx)) {
+                Recv::Item(item) => item,
+                Recv::Lagged => return Poll::Ready(Recv::Lagged),
+                Recv::Closed => return Poll::Ready(Recv::Closed),
+            };
+            match item {
                 // The site's channel carries only the site's events.
-                if event.seq <= self.cursor {
-                    continue;
+                Live::Event(event) => {
+                    if event.seq <= self.cursor {
+                        continue;
+                    }
+                    self.cursor = event.seq;
+                    if !self.filter.wants(&event) {
+                        continue;
+                    }
+                    self.sent_id = event.seq;
+                    return Poll::Ready(Recv::Item(Out::Event(event)));
                 }
-                self.cursor = event.seq;
-                if !self.filter.wants(event) {
-                    continue;
+                Live::Revalidated(notice) if self.revalidated => {
+                    if let Some(frame) = notice.frame(&self.filter) {
+                        return Poll::Ready(Recv::Item(Out::Notice(frame)));
+                    }
                 }
-                self.sent_id = event.seq;
+                Live::Revalidated(_) => {}
             }
-            return Poll::Ready(live);
         }
     }
 
     /// `first`, followed by every other live event already waiting: one chunk and one
     /// write for a burst instead of one per event.
-    fn with_ready_events(&mut self, first: Bytes, cx: &mut Context<'_>) -> Bytes {
+    fn with_ready_events(&mut self, first: Out, cx: &mut Context<'_>) -> Bytes {
+        let (first, mut events) = match first {
+            Out::Event(event) => (event.frame(self.filter.preview), 1),
+            Out::Notice(frame) => (frame, 0),
+        };
         let mut chunk = Chunk::new(first);
-        let mut events = 1;
         while chunk.has_room() {
             match self.poll_live(cx) {
-                Poll::Ready(Recv::Item(event)) => {
+                Poll::Ready(Recv::Item(Out::Event(event))) => {
                     events += 1;
                     chunk.push(event.frame_bytes(self.filter.preview), || {
                         self.live.waiting()
                     });
+                }
+                Poll::Ready(Recv::Item(Out::Notice(frame))) => {
+                    chunk.push(&frame, || self.live.waiting());
                 }
                 Poll::Ready(Recv::Lagged) => {
                     self.recover();
@@ -349,6 +376,13 @@ impl Session {
         self.delivered.increment(events);
         chunk.finish()
     }
+}
+
+/// What the live channel has for one client: an event of its own, or the frame of a
+/// notice about its events.
+enum Out {
+    Event(Arc<FeedEvent>),
+    Notice(Bytes),
 }
 
 /// Frames sent as one chunk of about [`MAX_CHUNK`] bytes at most (the last frame may go
@@ -453,8 +487,8 @@ impl Stream for Session {
                 continue;
             }
             match this.poll_live(cx) {
-                Poll::Ready(Recv::Item(event)) => {
-                    let chunk = this.with_ready_events(event.frame(this.filter.preview), cx);
+                Poll::Ready(Recv::Item(out)) => {
+                    let chunk = this.with_ready_events(out, cx);
                     return Poll::Ready(Some(Ok(chunk)));
                 }
                 Poll::Ready(Recv::Lagged) => {
