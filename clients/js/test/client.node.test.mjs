@@ -216,3 +216,56 @@ describe("@spool-live/client against the real services (Node)", () => {
     unsubscribe();
   });
 });
+
+describe("@spool-live/client: onRevalidated", () => {
+  let stack;
+  let target;
+  before(async () => {
+    // The site's revalidation target: answers 200 to every call.
+    target = createServer((req, res) => {
+      req.resume();
+      req.on("end", () => res.writeHead(200, { "content-type": "application/json" }).end("{}"));
+    });
+    await new Promise((r) => target.listen(0, "127.0.0.1", r));
+    const url = `http://127.0.0.1:${target.address().port}/api/revalidate`;
+    stack = await startStack({
+      sites: [site("acme", { revalidate: [{ url, secret: WEBHOOK_SECRET }], notify: "after_revalidate" })],
+      services: ["ingest", "delivery", "revalidator"],
+      env: { SPOOL_ALLOWED_TARGET_NETWORKS: "127.0.0.0/8,::1/128" },
+    });
+  });
+  after(async () => {
+    await stack?.stop();
+    target?.close();
+  });
+
+  it("hears which paths are fresh, after the event", async (t) => {
+    const c = collector();
+    const notices = [];
+    const order = [];
+    const unsubscribe = subscribe({
+      url: stack.delivery.url,
+      site: "acme",
+      token: TOKEN,
+      share: false,
+      ...fast,
+      ...c,
+      onEvent: (e) => {
+        c.events.push(e);
+        order.push(`event ${e.seq}`);
+      },
+      onRevalidated: (info) => {
+        notices.push(info);
+        order.push(`revalidated ${info.seqs.join(",")}`);
+      },
+    });
+    t.after(unsubscribe);
+    await eventually("live", () => c.status() === "live");
+    const { seq } = await publish(stack.ingest.url, "acme", { slug: "fresh-page" });
+    await eventually("the notice", () => notices.length >= 1);
+    assert.deepEqual(order.slice(0, 2), [`event ${seq}`, `revalidated ${seq}`]);
+    assert.deepEqual(notices[0].paths, ["/blog/fresh-page", "/blog"]);
+    assert.deepEqual(notices[0].tags, ["blog", "blog:fresh-page"]);
+    assert.equal(typeof notices[0].target, "string");
+  });
+});

@@ -210,3 +210,145 @@ async fn two_replicas_release_the_same_events_the_same_way() {
         "the news event: timed out"
     );
 }
+
+/// A preview reader's subscriber token for acme (signed with the site's secret).
+fn preview_token() -> String {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let key = spool_proto::signing::SigningKey::from_secret(spool_integration_tests::TEST_SECRET)
+        .unwrap();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "editor", "site": "acme", "exp": exp, "scope": "preview"}),
+        &EncodingKey::from_secret(key.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Reads a stream until its `event: revalidated` frames have covered `seqs`; checks that
+/// each frame comes after the events it names. Returns the events' ids and the frames.
+async fn until_revalidated(client: &mut SseClient, seqs: &[u64]) -> (Vec<u64>, Vec<Value>) {
+    let (mut events, mut notices) = (Vec::<u64>::new(), Vec::<Value>::new());
+    let covered = |notices: &[Value]| -> Vec<u64> {
+        let mut all: Vec<u64> = notices
+            .iter()
+            .flat_map(|n| n["seqs"].as_array().unwrap().clone())
+            .map(|s| s.as_u64().unwrap())
+            .collect();
+        all.sort();
+        all
+    };
+    while covered(&notices) != seqs {
+        let event = client.next_event(T).await.expect("stream open");
+        match event.event.as_str() {
+            "message" => events.push(event.id.parse().unwrap()),
+            "revalidated" => {
+                let notice: Value = serde_json::from_str(&event.data).unwrap();
+                for seq in notice["seqs"].as_array().unwrap() {
+                    assert!(
+                        events.contains(&seq.as_u64().unwrap()),
+                        "a notice before its event: {notice} after {events:?}"
+                    );
+                }
+                notices.push(notice);
+            }
+            _ => {}
+        }
+    }
+    (events, notices)
+}
+
+#[tokio::test]
+async fn revalidated_frames_tell_each_reader_what_is_fresh_after_its_events_and_no_drafts() {
+    let target = TestReceiver::start([]).await;
+    target.otherwise(Reply::Status(200));
+    let mut site = held_site("acme", &target, 10_000);
+    // The target is sent drafts too (a preview deployment's cache).
+    let mut with_drafts = target.target(None);
+    with_drafts["types"] = json!(["content.updated", "content.published"]);
+    site["revalidate"] = json!([with_drafts.clone()]);
+    site["subscriber_secret"] = spool_integration_tests::TEST_SECRET.into();
+    let sys = start(&[site]).await;
+    let stream = |query: &str, token: &str| {
+        sys.delivery
+            .http
+            .get(
+                sys.delivery
+                    .url(&format!("/v1/sites/acme/events/stream{query}")),
+            )
+            .bearer_auth(token)
+    };
+    let visitor_token = "rk_test_acme_0123456789";
+    let mut visitor = SseClient::connect(stream("?revalidated=1", visitor_token), None).await;
+    let mut editor = SseClient::connect(stream("?revalidated=true", &preview_token()), None).await;
+    let mut plain = SseClient::connect(stream("", visitor_token), None).await;
+    for client in [&mut visitor, &mut editor, &mut plain] {
+        assert_eq!(client.next_event(T).await.unwrap().event, "ready");
+    }
+
+    let draft_body = json!({"type": "content.updated", "collection": "blog",
+        "item": {"id": "d1", "slug": "secret-draft", "title": "Secret"}});
+    let (status, body) = Webhook::with_body("d1", draft_body.to_string().into_bytes())
+        .send(&sys.ingest.http, &sys.ingest.base_url, "acme")
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let draft = body["seq"].as_u64().unwrap();
+    let published = sys.publish("acme", "p1").await;
+
+    // The editor: both events, each before the notice of its revalidation.
+    let key = spool_proto::outcome::target_key(
+        &spool_proto::names::SiteId::parse("acme").unwrap(),
+        with_drafts["url"].as_str().unwrap(),
+    );
+    let (events, notices) = until_revalidated(&mut editor, &[draft, published]).await;
+    assert_eq!(events, [draft, published]);
+    let paths: Vec<&Value> = notices
+        .iter()
+        .flat_map(|n| n["paths"].as_array().unwrap())
+        .collect();
+    assert!(paths.contains(&&json!("/blog/secret-draft")), "{notices:?}");
+    for notice in &notices {
+        assert_eq!(notice["target"], key, "{notice}");
+        assert!(notice["at"].is_string(), "{notice}");
+    }
+
+    // The visitor: the published event and the notice of it only; never the draft's path.
+    let (events, notices) = until_revalidated(&mut visitor, &[published]).await;
+    assert_eq!(events, [published]);
+    assert!(
+        !format!("{notices:?}").contains("secret-draft"),
+        "{notices:?}"
+    );
+    assert_eq!(notices.len(), 1);
+    assert_eq!(
+        notices[0]["paths"],
+        json!(["/blog/post-p1", "/blog"]),
+        "{notices:?}"
+    );
+    assert_eq!(
+        notices[0]["tags"],
+        json!(["blog", "blog:post-p1"]),
+        "{notices:?}"
+    );
+
+    // A reader that didn't ask gets the events only.
+    assert_eq!(plain.next_message(T).await.unwrap().id, published);
+    let next = sys.publish("acme", "p2").await;
+    let event = plain.next_event(T).await.unwrap();
+    assert_eq!(
+        (event.event.as_str(), event.id.as_str()),
+        ("message", &*next.to_string())
+    );
+
+    // A bad value is refused with a clear message.
+    let bad = stream("?revalidated=yes", visitor_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("revalidated"));
+}

@@ -5,6 +5,7 @@ import type {
   EventSourceConstructor,
   EventSourceLike,
   ResetInfo,
+  RevalidatedInfo,
   SpoolError,
   SpoolEvent,
   Status,
@@ -17,6 +18,8 @@ import { authHeaders, type Endpoint, pollUrl, streamUrl } from "./urls.js";
 export interface ConnectionHandlers {
   event(event: SpoolEvent): void;
   reset(reset: ResetInfo): void;
+  /** A target revalidated events already delivered (SSE only). */
+  revalidated(info: RevalidatedInfo): void;
   status(status: Status, info: StatusInfo): void;
   /** The cursor moved without an event (`ready`'s `last_seq`, `position`, a poll's `next`, a reset). */
   cursor(seq: number | undefined): void;
@@ -272,6 +275,10 @@ export class Connection {
         this.cursor = seq;
         this.on.cursor(seq);
       }
+    });
+    source.addEventListener("revalidated", (ev) => {
+      const info = parse((ev as MessageEvent).data) as RevalidatedInfo | undefined;
+      if (!attempt.done && info && Array.isArray(info.seqs)) this.on.revalidated(info);
     });
     source.addEventListener("reset", (ev) => {
       const reset = parse((ev as MessageEvent).data) as ResetInfo | undefined;

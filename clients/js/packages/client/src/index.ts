@@ -7,6 +7,7 @@ export type {
   EventSourceLike,
   EventType,
   ResetInfo,
+  RevalidatedInfo,
   SpoolError,
   SpoolEvent,
   Status,

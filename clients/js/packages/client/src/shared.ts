@@ -1,5 +1,5 @@
 import type { ConnectionHandlers } from "./connection.js";
-import type { Clock, ResetInfo, SpoolEvent, Status, StatusInfo } from "./types.js";
+import type { Clock, ResetInfo, RevalidatedInfo, SpoolEvent, Status, StatusInfo } from "./types.js";
 
 /**
  * One connection per site for all the tabs of an origin.
@@ -27,12 +27,14 @@ type Message =
   | { t: "state"; from: string; status: Status | undefined; info: StatusInfo | undefined; cursor: number | undefined }
   | { t: "cursor"; from: string; cursor: number | undefined }
   | { t: "event"; from: string; event: SpoolEvent }
-  | { t: "reset"; from: string; reset: ResetInfo };
+  | { t: "reset"; from: string; reset: ResetInfo }
+  | { t: "revalidated"; from: string; info: RevalidatedInfo };
 
 /** What the app gave `subscribe`. */
 export interface LocalHandlers {
   event(event: SpoolEvent): void;
   reset(reset: ResetInfo): void;
+  revalidated(info: RevalidatedInfo): void;
   status(status: Status, info: StatusInfo): void;
 }
 
@@ -164,6 +166,10 @@ export class SharedSubscription {
       reset: (reset) => {
         this.local.reset(reset);
         this.post({ t: "reset", from: this.id, reset });
+      },
+      revalidated: (info) => {
+        this.local.revalidated(info);
+        this.post({ t: "revalidated", from: this.id, info });
       },
       status: (status, info) => {
         if (status === "closed") return;
@@ -316,6 +322,9 @@ export class SharedSubscription {
       case "reset":
         this.afterReset = true;
         this.local.reset(message.reset);
+        return;
+      case "revalidated":
+        this.local.revalidated(message.info);
         return;
       case "cursor":
       case "state":

@@ -4,6 +4,7 @@ import { SharedSubscription, webLocksAvailable } from "./shared.js";
 import type {
   EventSourceConstructor,
   ResetInfo,
+  RevalidatedInfo,
   SpoolEvent,
   SubscribeOptions,
   Unsubscribe,
@@ -69,6 +70,7 @@ export function subscribe(options: SubscribeOptions): Unsubscribe {
     token: options.token,
     getToken: options.getToken,
     collections,
+    revalidated: typeof options.onRevalidated === "function",
     since: options.since,
     transport: options.transport ?? "auto",
     backoff: { ...DEFAULT_BACKOFF, ...options.backoff },
@@ -85,6 +87,7 @@ export function subscribe(options: SubscribeOptions): Unsubscribe {
   const local = {
     event: guarded(options.onEvent),
     reset: guarded(options.onReset),
+    revalidated: guarded(options.onRevalidated),
     status: guarded(options.onStatus),
   };
 
@@ -99,6 +102,7 @@ export function subscribe(options: SubscribeOptions): Unsubscribe {
     return connect(options.since, {
       event: (event: SpoolEvent) => local.event(event),
       reset: (reset: ResetInfo) => local.reset(reset),
+      revalidated: (info: RevalidatedInfo) => local.revalidated(info),
       status: local.status,
       cursor: () => {},
     });
@@ -110,6 +114,7 @@ export function subscribe(options: SubscribeOptions): Unsubscribe {
     config.site,
     config.token ?? "",
     (collections ?? []).join(","),
+    config.revalidated ? "revalidated" : "",
   ].join("|");
   const shared = new SharedSubscription(
     {

@@ -25,6 +25,21 @@ export interface SpoolEvent {
 }
 
 /**
+ * A revalidation target answered `2xx` for these events (SSE's `event: revalidated`): their
+ * paths and tags are fresh in the site's cache now, so a page can refetch exactly them. Only
+ * the events this reader may see are named.
+ */
+export interface RevalidatedInfo {
+  /** The target's key (a hash of the site and its URL). */
+  target: string;
+  seqs: number[];
+  paths: string[];
+  tags: string[];
+  /** When the target answered (RFC 3339). */
+  at: string;
+}
+
+/**
  * The server could not resume exactly where the client asked: `history_truncated` (the
  * cursor is older than the retained history; events continue from `first_seq`) or
  * `cursor_ahead` (the cursor is beyond the stream's end; events continue live). Whatever
@@ -119,6 +134,12 @@ export interface SubscribeOptions {
   since?: number;
   /** Called once per event, in `seq` order, never twice for one `seq`. */
   onEvent: (event: SpoolEvent) => void;
+  /**
+   * Called after events when a revalidation target answered `2xx` for them (see
+   * {@link RevalidatedInfo}); giving it asks the stream for these notices. Live only, and
+   * SSE only: not while long-polling, and not replayed when resuming.
+   */
+  onRevalidated?: (info: RevalidatedInfo) => void;
   /** Called when the server could not resume from the cursor (see {@link ResetInfo}). */
   onReset?: (reset: ResetInfo) => void;
   /** Called on every change of connection status. */

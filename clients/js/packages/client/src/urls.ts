@@ -4,6 +4,8 @@ export interface Endpoint {
   site: string;
   token?: string | undefined;
   collections?: string[] | undefined;
+  /** Ask the stream for `event: revalidated` notices. */
+  revalidated?: boolean | undefined;
 }
 
 function base(endpoint: Endpoint, suffix: string, tokenInQuery: boolean): URL {
@@ -28,6 +30,7 @@ export function authHeaders(endpoint: Endpoint): Record<string, string> {
 /** `GET /v1/sites/{site}/events/stream?since=` (no `since` = live from now), token included. */
 export function streamUrl(endpoint: Endpoint, since: number | undefined): string {
   const url = base(endpoint, "events/stream", true);
+  if (endpoint.revalidated) url.searchParams.set("revalidated", "1");
   if (since !== undefined) url.searchParams.set("since", String(since));
   return url.toString();
 }
