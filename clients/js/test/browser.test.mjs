@@ -44,9 +44,24 @@ async function pageServer() {
   return { origin: `http://127.0.0.1:${server.address().port}`, tokens, close: () => server.close() };
 }
 
+/** A revalidation target that answers `200` 2 s after each call; `answered` holds when. */
+async function slowTarget() {
+  const answered = [];
+  const server = createServer((req, res) => {
+    req.resume();
+    setTimeout(() => {
+      answered.push(Date.now());
+      res.writeHead(200, { "content-type": "application/json" }).end("{}");
+    }, 2000);
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return { url: `http://127.0.0.1:${server.address().port}/api/revalidate`, answered, close: () => server.close() };
+}
+
 describe("@spool-live/client in headless Chromium", () => {
   let stack;
   let pages;
+  let target;
   let browser;
   let context;
 
@@ -54,11 +69,19 @@ describe("@spool-live/client in headless Chromium", () => {
     assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install chromium (or set CHROMIUM_PATH)`);
     assert.ok(existsSync(join(CLIENT_DIST, "index.js")), "build the client first: npm run build");
     pages = await pageServer();
+    target = await slowTarget();
     stack = await startStack({
       sites: [
         site("acme", { cors_origins: [pages.origin], subscriber_secret: WEBHOOK_SECRET }),
         site("open", { public: true, cors_origins: [pages.origin] }),
+        site("held", {
+          cors_origins: [pages.origin],
+          revalidate: [{ url: target.url, secret: WEBHOOK_SECRET }],
+          notify: "after_revalidate",
+        }),
       ],
+      services: ["ingest", "delivery", "revalidator"],
+      env: { SPOOL_ALLOWED_TARGET_NETWORKS: "127.0.0.0/8,::1/128" },
     });
     browser = await chromium.launch({
       executablePath: CHROMIUM,
@@ -80,6 +103,7 @@ describe("@spool-live/client in headless Chromium", () => {
     await browser?.close();
     await stack?.stop();
     pages?.close();
+    target?.close();
   });
 
   const open = async (query) => {
@@ -218,4 +242,19 @@ describe("@spool-live/client in headless Chromium", () => {
     await eventually("live again (SSE, after a long-poll if the restart was slow)", async () => (await spool(page)).status === "live");
     await page.close();
   });
+
+  for (const transport of ["sse", "poll"]) {
+    it(`with notify: after_revalidate, the event arrives only after the target's 2xx (${transport})`, async () => {
+      const page = await open({ delivery: stack.delivery.url, site: "held", token: "rk_test_held_0123456789", share: "off", transport });
+      await eventually(transport, async () => (await spool(page)).status === (transport === "sse" ? "live" : "polling"));
+      const calls = target.answered.length;
+      const sent = await publish(stack.ingest.url, "held");
+      await page.waitForFunction((seq) => window.spool.events.some((e) => e.seq === seq), sent.seq, { timeout: 10000 });
+      const got = (await spool(page)).events.find((e) => e.seq === sent.seq);
+      assert.equal(target.answered.length, calls + 1, "the target answered");
+      const answered = target.answered[calls];
+      assert.ok(got.at >= answered, `the event arrived ${answered - got.at} ms before the target's 2xx`);
+      await page.close();
+    });
+  }
 });
