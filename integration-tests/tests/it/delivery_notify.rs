@@ -106,6 +106,14 @@ async fn an_event_reaches_the_browser_only_after_the_targets_2xx() {
     let page = sys.poll("acme", before).await;
     assert_eq!(page["events"], json!([]), "{page}");
     assert_eq!(page["next"], before);
+    // A browser resuming from before the event during the hold.
+    let mut resumed = SseClient::connect(sys.stream("acme"), Some(before)).await;
+    let again = resumed.next_message(T).await.unwrap();
+    assert_eq!(again.id, seq);
+    assert!(
+        Instant::now() + Duration::from_millis(20) >= answered,
+        "the resumed stream got the event before the target's 2xx"
+    );
 
     let got = browser.next_message(T).await.unwrap();
     let arrived = Instant::now();
