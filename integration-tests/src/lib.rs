@@ -12,6 +12,7 @@ pub mod otlp;
 pub mod process;
 pub mod receiver;
 pub mod services;
+pub mod soak;
 pub mod sse;
 pub mod webhook;
 

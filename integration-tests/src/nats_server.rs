@@ -115,6 +115,14 @@ impl NatsServer {
         }
     }
 
+    /// The server's process id (`None` in a container, or while stopped).
+    pub fn pid(&self) -> Option<u32> {
+        match &self.backend {
+            Backend::Process(Some(child)) => Some(child.id()),
+            _ => None,
+        }
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -26,5 +26,6 @@ mod revalidator_outcomes;
 mod revalidator_slow;
 mod settings;
 mod sigterm;
+mod soak;
 mod telemetry;
 mod webhooks;
