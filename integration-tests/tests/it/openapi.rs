@@ -423,3 +423,106 @@ fn every_readiness_reason_is_documented_in_the_readme_and_the_openapi() {
         );
     }
 }
+
+fn repository_file(path: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The error codes the `Error` schema names, each with its status: "`code` (400)".
+fn documented_error_codes(openapi: &Value) -> BTreeSet<(String, String)> {
+    let text = openapi["components"]["schemas"]["Error"]["properties"]["error"]["properties"]
+        ["code"]["description"]
+        .as_str()
+        .expect("the Error schema's code description")
+        .replace('\n', " ");
+    let mut codes = BTreeSet::new();
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find('`') {
+        let Some(len) = rest[start + 1..].find('`') else {
+            break;
+        };
+        let code = &rest[start + 1..start + 1 + len];
+        rest = &rest[start + 2 + len..];
+        let status: String = rest
+            .trim_start()
+            .strip_prefix('(')
+            .map(|s| s.chars().take_while(char::is_ascii_digit).collect())
+            .unwrap_or_default();
+        if !status.is_empty() {
+            codes.insert((code.to_string(), status));
+        }
+    }
+    codes
+}
+
+#[test]
+fn the_api_page_names_every_operation_and_error_code_of_the_openapi() {
+    let openapi = document();
+    let page = repository_file("docs/api.md");
+    for (path, item) in openapi["paths"].as_object().expect("paths") {
+        for method in HTTP_METHODS {
+            if item.get(method).is_some() {
+                let operation = format!("{} {path}", method.to_uppercase());
+                assert!(
+                    page.contains(&format!("`{operation}")),
+                    "docs/api.md does not name `{operation}`"
+                );
+            }
+        }
+    }
+    let codes = documented_error_codes(&openapi);
+    assert!(codes.len() >= 20, "{codes:?}");
+    for (code, status) in codes {
+        let row = format!("| `{code}` | {status} |");
+        assert!(page.contains(&row), "docs/api.md's error table lacks {row}");
+    }
+}
+
+#[test]
+fn every_link_in_the_docs_resolves_inside_the_repository() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repository root");
+    let mut pages = vec![
+        "README.md".to_string(),
+        "deploy/README.md".to_string(),
+        "clients/js/packages/client/README.md".to_string(),
+        "clients/js/packages/next/README.md".to_string(),
+    ];
+    for entry in std::fs::read_dir(root.join("docs"))
+        .expect("docs/")
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".md") {
+            pages.push(format!("docs/{name}"));
+        }
+    }
+    let mut checked = 0;
+    for page in pages {
+        let text = repository_file(&page);
+        let dir = root
+            .join(&page)
+            .parent()
+            .expect("a page's folder")
+            .to_path_buf();
+        for (i, _) in text.match_indices("](") {
+            let target: String = text[i + 2..].chars().take_while(|c| *c != ')').collect();
+            let target = target.split('#').next().unwrap_or("").trim();
+            if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            let resolved = dir.join(target).canonicalize().unwrap_or_else(|_| {
+                panic!("{page} links to {target}, which is not in the repository")
+            });
+            assert!(
+                resolved.starts_with(&root),
+                "{page} links to {target}, outside the repository"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 10, "only {checked} links found");
+}
