@@ -201,3 +201,48 @@ async fn nats_url_takes_a_list_and_a_dead_server_in_it_does_no_harm() {
         .await;
     assert_eq!(status, 202, "{body}");
 }
+
+/// A NATS blip doesn't take the delivery out of its load balancer (were every pod to leave,
+/// the edge would answer new streams 503, and EventSource gives up on that): `/readyz` stays
+/// 200 for `SPOOL_READY_NATS_GRACE` (it serves resumes from its window, and tells what needs
+/// NATS to retry), and only a longer outage makes it unready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delivery_stays_ready_through_a_nats_blip_and_leaves_after_the_grace() {
+    use spool_integration_tests::services::{delivery_config, TestService};
+    let mut nats = NatsServer::start().await;
+    let ingest = TestIngest::start(ingest_config(&nats.url())).await;
+    ingest.put_site(&site_json("acme")).await;
+    let mut config = delivery_config(&nats.url());
+    config.ready_nats_grace = Duration::from_secs(3);
+    let delivery = TestService::start_delivery(config).await;
+    nats.stop().await;
+    // The ingest (no grace) says when the services have seen NATS go.
+    eventually("the ingest unready", Duration::from_secs(10), || async {
+        (status(ingest.http.get(ingest.url("/readyz"))).await == 503).then_some(())
+    })
+    .await;
+    let seen = Instant::now();
+    assert_eq!(
+        status(delivery.http.get(delivery.url("/readyz"))).await,
+        200,
+        "a blip: the delivery is still ready"
+    );
+    eventually(
+        "unready after the grace",
+        Duration::from_secs(15),
+        || async {
+            (status(delivery.http.get(delivery.url("/readyz"))).await == 503).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        seen.elapsed() >= Duration::from_secs(2),
+        "unready {:?} after NATS went, before the grace",
+        seen.elapsed()
+    );
+    nats.restart().await;
+    eventually("ready again", Duration::from_secs(20), || async {
+        (status(delivery.http.get(delivery.url("/readyz"))).await == 200).then_some(())
+    })
+    .await;
+}

@@ -63,6 +63,12 @@ pub struct DeliveryConfig {
     /// disconnected; it resumes from its last id.
     #[arg(long, env = "SPOOL_SLOW_CLIENT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub slow_client_timeout: Duration,
+
+    /// How long a NATS disconnection may last before `/readyz` says `nats_disconnected`
+    /// (`0s`: at once). Meanwhile the process serves resumes from its window and tells new
+    /// streams to retry, which a browser does, rather than leaving the load balancer.
+    #[arg(long, env = "SPOOL_READY_NATS_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ready_nats_grace: Duration,
 }
 
 impl DeliveryConfig {
@@ -101,6 +107,9 @@ impl DeliveryConfig {
         if self.slow_client_timeout < Duration::from_millis(100) {
             problems.push("SPOOL_SLOW_CLIENT_TIMEOUT must be at least 100ms");
         }
+        if self.ready_nats_grace > Duration::from_secs(600) {
+            problems.push("SPOOL_READY_NATS_GRACE must be at most 10m");
+        }
         spool_platform::config::verdict(&problems)
     }
 
@@ -119,6 +128,7 @@ impl DeliveryConfig {
             max_streams_per_site: 10_000,
             max_stream_lifetime: Duration::from_secs(30 * 60),
             slow_client_timeout: Duration::from_secs(10),
+            ready_nats_grace: Duration::from_secs(30),
         }
     }
 }
@@ -145,12 +155,18 @@ mod tests {
             "0s",
             "--max-stream-lifetime",
             "1s",
+            "--ready-nats-grace",
+            "1h",
         ])
         .unwrap();
         let err = bad.validate().unwrap_err();
         assert!(err.contains("SPOOL_HISTORY_READS_PER_SITE must"), "{err}");
         assert!(err.contains("SPOOL_BUSY_RETRY"), "{err}");
         assert!(err.contains("SPOOL_MAX_STREAM_LIFETIME"), "{err}");
+        assert!(
+            err.contains("SPOOL_READY_NATS_GRACE must be at most 10m"),
+            "{err}"
+        );
         assert!(err.contains("SPOOL_HEARTBEAT"), "{err}");
         assert!(err.contains("SPOOL_REPLAY_WINDOW must"), "{err}");
     }

@@ -70,6 +70,7 @@ impl Application {
         platform
             .readiness
             .add_check(NOT_READY_FEED, move || ready_hub.is_ready());
+        platform.readiness.set_nats_grace(config.ready_nats_grace);
         tokio::spawn(hub::run_outcomes(
             platform.jetstream.clone(),
             platform.disconnects.clone(),
