@@ -124,10 +124,11 @@ image:
 	fi
 
 # --- The site side (clients/js): @spool-live/client and @spool-live/next -----------------
-# npm ci (lock file), TypeScript build, then Node's test runner against the real binaries:
+# npm ci (lock file), Biome's lint and format check (clients/js/biome.json; `npm run format`
+# fixes), TypeScript build, then Node's test runner against the real binaries:
 # unit tests, the client in Node, in headless Chromium (Debian's /usr/bin/chromium) and a
 # real Next.js app. Needs Node 20.9+ and npm; Chromium is installed (apt-get) when missing.
 .PHONY: js-test node chromium
 js-test: tools build node chromium
-	cd clients/js && npm ci --no-audit --no-fund && npm run build && \
+	cd clients/js && npm ci --no-audit --no-fund && npm run lint && npm run build && \
 	  SPOOL_BIN_DIR="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug" npm test

@@ -52,14 +52,16 @@ function fakeEventSources(clock) {
       made.push(this);
     }
     addEventListener(type, fn) {
-      (this.listeners[type] ??= []).push(fn);
+      this.listeners[type] ??= [];
+      this.listeners[type].push(fn);
     }
     close() {
       this.closed = true;
       this.readyState = 2;
     }
     emit(type, data, extra = {}) {
-      for (const fn of this.listeners[type] ?? []) fn({ type, data: data === undefined ? undefined : JSON.stringify(data), ...extra });
+      for (const fn of this.listeners[type] ?? [])
+        fn({ type, data: data === undefined ? undefined : JSON.stringify(data), ...extra });
     }
     ready(lastSeq) {
       this.readyState = 1;
@@ -81,7 +83,17 @@ function fakeEventSources(clock) {
 }
 
 function event(seq) {
-  return { seq, id: `msg_${seq}`, site: "acme", type: "content.published", collection: "blog", item: { id: String(seq) }, paths: [], tags: [], received_at: "" };
+  return {
+    seq,
+    id: `msg_${seq}`,
+    site: "acme",
+    type: "content.published",
+    collection: "blog",
+    item: { id: String(seq) },
+    paths: [],
+    tags: [],
+    received_at: "",
+  };
 }
 
 function setup(extra = {}) {
@@ -110,7 +122,10 @@ describe("backoffDelay", () => {
     const top = () => 0.999999;
     const ceilings = [0, 1, 2, 3, 4, 5, 6, 10, 60].map((n) => backoffDelay(n, { initialMs: 1000, maxMs: 30000 }, top));
     assert.deepEqual(ceilings, [999, 1999, 3999, 7999, 15999, 29999, 29999, 29999, 29999]);
-    assert.equal(backoffDelay(7, {}, () => 0), 0);
+    assert.equal(
+      backoffDelay(7, {}, () => 0),
+      0,
+    );
     for (let i = 0; i < 1000; i++) {
       const d = backoffDelay(i % 12);
       assert.ok(d >= 0 && d < Math.min(30000, 1000 * 2 ** (i % 12)), `delay ${d} out of range`);
@@ -163,7 +178,11 @@ describe("reconnection with a fake clock", () => {
     live.emit("message", event(42), { lastEventId: "42" });
     live.emit("message", event(43), { lastEventId: "43" });
     live.drop();
-    assert.deepEqual(clock.pending().filter((d) => d < 10000), [500], "the backoff starts over after ready");
+    assert.deepEqual(
+      clock.pending().filter((d) => d < 10000),
+      [500],
+      "the backoff starts over after ready",
+    );
     await clock.advance(500);
     assert.equal(made[3].url.searchParams.get("since"), "43");
     assert.equal(made[3].url.searchParams.get("token"), "rk_test");
@@ -206,9 +225,16 @@ describe("reconnection with a fake clock", () => {
         return Response.json({ events: [event(8), event(9)], next: 9, reset: null });
       }
       // Hold like a long-poll until aborted.
-      return await new Promise((_, reject) => init.signal.addEventListener("abort", () => reject(new Error("aborted"))));
+      return await new Promise((_, reject) =>
+        init.signal.addEventListener("abort", () => reject(new Error("aborted"))),
+      );
     };
-    const { clock, made, events, statuses, unsubscribe } = setup({ since: 7, fetch, sseFailuresBeforePoll: 3, sseRetryMs: 20000 });
+    const { clock, made, events, statuses, unsubscribe } = setup({
+      since: 7,
+      fetch,
+      sseFailuresBeforePoll: 3,
+      sseRetryMs: 20000,
+    });
     made[0].refuse();
     await clock.advance(500);
     made[1].refuse();
@@ -241,7 +267,11 @@ describe("reconnection with a fake clock", () => {
   it("reports a refused token with the server's error code, and keeps retrying at the cap", async () => {
     const fetch = async () =>
       Response.json({ error: { code: "unauthorized", message: "this token can't read this site" } }, { status: 401 });
-    const { clock, statuses, unsubscribe } = setup({ transport: "poll", fetch, backoff: { initialMs: 100, maxMs: 5000 } });
+    const { clock, statuses, unsubscribe } = setup({
+      transport: "poll",
+      fetch,
+      backoff: { initialMs: 100, maxMs: 5000 },
+    });
     await flush();
     await flush();
     const last = statuses.at(-1);

@@ -5,9 +5,9 @@ import { existsSync, readFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { extname, join, normalize } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { chromium } from "playwright-core";
 import { createSubscriberToken } from "@spool-live/next/server";
-import { WEBHOOK_SECRET, eventually, metric, publish, site, startStack } from "./harness.mjs";
+import { chromium } from "playwright-core";
+import { eventually, metric, publish, site, startStack, WEBHOOK_SECRET } from "./harness.mjs";
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const CLIENT_DIST = join(import.meta.dirname, "../packages/client/dist");
@@ -33,7 +33,7 @@ async function pageServer() {
     let file;
     if (path === "/" || path === "/index.html") file = PAGE;
     else if (path.startsWith("/client/")) file = join(CLIENT_DIST, normalize(path.slice("/client/".length)));
-    if (!file || !file.startsWith(CLIENT_DIST) && file !== PAGE || !existsSync(file)) {
+    if (!file || (!file.startsWith(CLIENT_DIST) && file !== PAGE) || !existsSync(file)) {
       res.writeHead(404).end();
       return;
     }
@@ -168,7 +168,10 @@ describe("@spool-live/client in headless Chromium", () => {
     for (const page of [leader, late]) {
       await page.waitForFunction((seq) => window.spool.events.some((e) => e.seq === seq), s3.seq, { timeout: 1000 });
     }
-    assert.deepEqual((await spool(late)).events.map((e) => e.seq), [s1.seq, s2.seq, s3.seq]);
+    assert.deepEqual(
+      (await spool(late)).events.map((e) => e.seq),
+      [s1.seq, s2.seq, s3.seq],
+    );
     assert.equal(await metric(stack.delivery.url, SSE), 1);
     await leader.close();
     await late.close();
@@ -178,14 +181,18 @@ describe("@spool-live/client in headless Chromium", () => {
   it("shares one connection with the BroadcastChannel election too (no Web Locks)", async () => {
     const query = { delivery: stack.delivery.url, site: "open", share: "broadcast" };
     const tabs = [await open(query), await open(query), await open(query)];
-    await eventually("one leader and two followers", async () => {
-      const states = await Promise.all(tabs.map(spool));
-      return (
-        states.every((s) => s.status === "live") &&
-        states.filter((s) => s.leader === true).length === 1 &&
-        states.filter((s) => s.leader === false).length === 2
-      );
-    }, { timeout: 5000 });
+    await eventually(
+      "one leader and two followers",
+      async () => {
+        const states = await Promise.all(tabs.map(spool));
+        return (
+          states.every((s) => s.status === "live") &&
+          states.filter((s) => s.leader === true).length === 1 &&
+          states.filter((s) => s.leader === false).length === 2
+        );
+      },
+      { timeout: 5000 },
+    );
     assert.equal(await metric(stack.delivery.url, SSE), 1);
     const sent = await publish(stack.ingest.url, "open");
     for (const tab of tabs) {
@@ -196,11 +203,18 @@ describe("@spool-live/client in headless Chromium", () => {
     const leader = tabs[states.findIndex((s) => s.leader === true)];
     const rest = tabs.filter((t) => t !== leader);
     await leader.close();
-    await eventually("a new leader", async () => (await Promise.all(rest.map(spool))).some((s) => s.leader === true && s.status === "live"), { timeout: 5000 });
+    await eventually(
+      "a new leader",
+      async () => (await Promise.all(rest.map(spool))).some((s) => s.leader === true && s.status === "live"),
+      { timeout: 5000 },
+    );
     const after = await publish(stack.ingest.url, "open");
     for (const tab of rest) {
       await tab.waitForFunction((seq) => window.spool.events.some((e) => e.seq === seq), after.seq, { timeout: 2000 });
-      assert.deepEqual((await spool(tab)).events.map((e) => e.seq), [sent.seq, after.seq]);
+      assert.deepEqual(
+        (await spool(tab)).events.map((e) => e.seq),
+        [sent.seq, after.seq],
+      );
     }
     await eventually("one SSE connection", async () => (await metric(stack.delivery.url, SSE)) === 1);
     for (const tab of rest) await tab.close();
@@ -217,7 +231,10 @@ describe("@spool-live/client in headless Chromium", () => {
     }
     await page.waitForFunction((n) => window.spool.events.length >= n, sent.length, { timeout: 15000 });
     await new Promise((r) => setTimeout(r, 300));
-    assert.deepEqual((await spool(page)).events.map((e) => e.seq), sent);
+    assert.deepEqual(
+      (await spool(page)).events.map((e) => e.seq),
+      sent,
+    );
     assert.ok(pages.tokens.minted >= minted + 2, `renewed: ${pages.tokens.minted - minted} more tokens`);
     await page.close();
   });
@@ -238,15 +255,30 @@ describe("@spool-live/client in headless Chromium", () => {
     await page.waitForFunction((n) => window.spool.events.length >= n, 9, { timeout: 15000 });
     await new Promise((r) => setTimeout(r, 300));
     const s = await spool(page);
-    assert.deepEqual(s.events.map((e) => e.seq), sent);
-    await eventually("live again (SSE, after a long-poll if the restart was slow)", async () => (await spool(page)).status === "live");
+    assert.deepEqual(
+      s.events.map((e) => e.seq),
+      sent,
+    );
+    await eventually(
+      "live again (SSE, after a long-poll if the restart was slow)",
+      async () => (await spool(page)).status === "live",
+    );
     await page.close();
   });
 
   for (const transport of ["sse", "poll"]) {
     it(`with notify: after_revalidate, the event arrives only after the target's 2xx (${transport})`, async () => {
-      const page = await open({ delivery: stack.delivery.url, site: "held", token: "rk_test_held_0123456789", share: "off", transport });
-      await eventually(transport, async () => (await spool(page)).status === (transport === "sse" ? "live" : "polling"));
+      const page = await open({
+        delivery: stack.delivery.url,
+        site: "held",
+        token: "rk_test_held_0123456789",
+        share: "off",
+        transport,
+      });
+      await eventually(
+        transport,
+        async () => (await spool(page)).status === (transport === "sse" ? "live" : "polling"),
+      );
       const calls = target.answered.length;
       const sent = await publish(stack.ingest.url, "held");
       await page.waitForFunction((seq) => window.spool.events.some((e) => e.seq === seq), sent.seq, { timeout: 10000 });

@@ -4,7 +4,7 @@ import { createServer, request as httpRequest } from "node:http";
 import { after, before, describe, it } from "node:test";
 import { subscribe } from "@spool-live/client";
 import { createSubscriberToken } from "@spool-live/next/server";
-import { WEBHOOK_SECRET, eventually, publish, site, startStack } from "./harness.mjs";
+import { eventually, publish, site, startStack, WEBHOOK_SECRET } from "./harness.mjs";
 
 const TOKEN = "rk_test_acme_0123456789";
 const fast = { backoff: { initialMs: 50, maxMs: 500 } };
@@ -125,7 +125,7 @@ describe("@spool-live/client against the real services (Node)", () => {
         sseRetryMs: 500,
         ...c,
       });
-    t.after(unsubscribe);
+      t.after(unsubscribe);
       try {
         await eventually("polling", () => c.status() === "polling", { timeout: 5000 });
         assert.ok(c.statuses.some((s) => s.s === "reconnecting" && s.transport === "sse"));
@@ -195,7 +195,12 @@ describe("@spool-live/client against the real services (Node)", () => {
     // A slow restart may take longer than three quick SSE attempts: the client then
     // long-polls for a while, which must resume without gap too, and goes back to SSE soon.
     const unsubscribe = subscribe({
-      url: stack.delivery.url, site: "acme", token: TOKEN, ...fast, sseRetryMs: 300, ...c,
+      url: stack.delivery.url,
+      site: "acme",
+      token: TOKEN,
+      ...fast,
+      sseRetryMs: 300,
+      ...c,
     });
     t.after(unsubscribe);
     await eventually("live from now", () => c.status() === "live");

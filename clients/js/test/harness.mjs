@@ -84,10 +84,12 @@ function track(child, name) {
   };
   child.stdout?.on("data", keep);
   child.stderr?.on("data", keep);
-  const exited = new Promise((r) => child.on("exit", (code, signal) => {
-    children.delete(child);
-    r({ code, signal });
-  }));
+  const exited = new Promise((r) =>
+    child.on("exit", (code, signal) => {
+      children.delete(child);
+      r({ code, signal });
+    }),
+  );
   return { output: () => `--- ${name} ---\n${output}`, exited };
 }
 
@@ -98,11 +100,15 @@ export async function startNats() {
     stdio: ["ignore", "pipe", "pipe"],
   });
   const t = track(child, "nats-server");
-  const port = await eventually("nats-server to listen", () => {
-    const text = t.output();
-    const m = text.match(/Listening for client connections on [^\s]*:(\d+)/);
-    return m && text.includes("Server is ready") ? Number(m[1]) : undefined;
-  }, { timeout: 20000 });
+  const port = await eventually(
+    "nats-server to listen",
+    () => {
+      const text = t.output();
+      const m = text.match(/Listening for client connections on [^\s]*:(\d+)/);
+      return m && text.includes("Server is ready") ? Number(m[1]) : undefined;
+    },
+    { timeout: 20000 },
+  );
   return {
     port,
     url: `nats://127.0.0.1:${port}`,
@@ -135,8 +141,7 @@ export async function startService(name, env, { listen = "127.0.0.1:0" } = {}) {
   let buffered = "";
   child.stdout.on("data", (chunk) => {
     buffered += chunk.toString();
-    let nl;
-    while ((nl = buffered.indexOf("\n")) >= 0) {
+    for (let nl = buffered.indexOf("\n"); nl >= 0; nl = buffered.indexOf("\n")) {
       const line = buffered.slice(0, nl);
       buffered = buffered.slice(nl + 1);
       try {
@@ -247,7 +252,11 @@ export async function startStack({ sites, services = ["ingest", "delivery"], env
 let counter = 0;
 
 /** Sends a signed `content.published` webhook to the ingest; resolves to its JSON answer (with `seq`). */
-export async function publish(ingestUrl, siteId, { collection = "blog", slug, title, id, type = "content.published" } = {}) {
+export async function publish(
+  ingestUrl,
+  siteId,
+  { collection = "blog", slug, title, id, type = "content.published" } = {},
+) {
   counter += 1;
   const msgId = id ?? `msg_js_${Date.now().toString(36)}_${counter}`;
   slug ??= `post-${counter}`;
@@ -272,7 +281,8 @@ export async function publish(ingestUrl, siteId, { collection = "blog", slug, ti
     });
     const json = await response.json();
     if (response.status === 202 || response.status === 200) return json;
-    if (process.env.SPOOL_TEST_DEBUG) console.error(new Date().toISOString(), "webhook", response.status, JSON.stringify(json));
+    if (process.env.SPOOL_TEST_DEBUG)
+      console.error(new Date().toISOString(), "webhook", response.status, JSON.stringify(json));
     if (response.status !== 503 || attempt >= 20) {
       throw new Error(`webhook answered ${response.status}: ${JSON.stringify(json)}`);
     }
@@ -284,7 +294,7 @@ export async function publish(ingestUrl, siteId, { collection = "blog", slug, ti
 export async function metric(serviceUrl, sample) {
   const text = await (await fetch(`${serviceUrl}/metrics`)).text();
   for (const line of text.split("\n")) {
-    if (line.startsWith(sample + " ")) return Number(line.slice(sample.length + 1));
+    if (line.startsWith(`${sample} `)) return Number(line.slice(sample.length + 1));
   }
   return 0;
 }

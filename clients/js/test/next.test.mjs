@@ -10,7 +10,16 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { chromium } from "playwright-core";
 import { Webhook } from "standardwebhooks";
-import { REVALIDATE_SECRET, WEBHOOK_SECRET, eventually, freePort, publish, site, startStack, tempDir } from "./harness.mjs";
+import {
+  eventually,
+  freePort,
+  publish,
+  REVALIDATE_SECRET,
+  site,
+  startStack,
+  tempDir,
+  WEBHOOK_SECRET,
+} from "./harness.mjs";
 
 const APP = join(import.meta.dirname, "fixtures/next-app");
 const NEXT_BIN = createRequire(join(APP, "package.json")).resolve("next/dist/bin/next");
@@ -32,7 +41,9 @@ function next(args, env, { wait = true } = {}) {
   child.stderr.on("data", keep);
   process.on("exit", () => child.kill("SIGKILL"));
   const done = new Promise((resolve, reject) => {
-    child.on("exit", (code) => (code === 0 ? resolve() : reject(new Error(`next ${args[0]} exited with ${code}:\n${output}`))));
+    child.on("exit", (code) =>
+      code === 0 ? resolve() : reject(new Error(`next ${args[0]} exited with ${code}:\n${output}`)),
+    );
   });
   if (wait) return done.then(() => output);
   done.catch(() => {}); // stopped by the test
@@ -90,8 +101,18 @@ describe("@spool-live/next in a real Next.js app", () => {
       // The sites' revalidation target is local: allowed explicitly.
       env: { SPOOL_ALLOWED_TARGET_NETWORKS: "127.0.0.0/8,::1/128" },
       sites: [
-        site("acme", { cors_origins: [base], revalidate, subscriber_secret: WEBHOOK_SECRET, collections: collections("acme") }),
-        site("held", { cors_origins: [base], revalidate, notify: "after_revalidate", collections: collections("held") }),
+        site("acme", {
+          cors_origins: [base],
+          revalidate,
+          subscriber_secret: WEBHOOK_SECRET,
+          collections: collections("acme"),
+        }),
+        site("held", {
+          cors_origins: [base],
+          revalidate,
+          notify: "after_revalidate",
+          collections: collections("held"),
+        }),
       ],
     });
     // NEXT_PUBLIC_* are inlined by the build.
@@ -101,17 +122,25 @@ describe("@spool-live/next in a real Next.js app", () => {
       NEXT_PUBLIC_SPOOL_READ_TOKEN: TOKEN,
     };
     await next(["build"], publicEnv);
-    app = next(["start", "-p", String(port), "-H", "127.0.0.1"], {
-      ...publicEnv,
-      CMS_URL: cms.url,
-      CONTENT_DIR: contentDir,
-      SPOOL_REVALIDATE_SECRET: REVALIDATE_SECRET,
-      SPOOL_SUBSCRIBER_SECRET: WEBHOOK_SECRET,
-    }, { wait: false });
-    await eventually("next start", async () => (await fetch(`${base}/api/revalidate`, { method: "POST" })).status === 401, {
-      timeout: 30000,
-      interval: 100,
-    });
+    app = next(
+      ["start", "-p", String(port), "-H", "127.0.0.1"],
+      {
+        ...publicEnv,
+        CMS_URL: cms.url,
+        CONTENT_DIR: contentDir,
+        SPOOL_REVALIDATE_SECRET: REVALIDATE_SECRET,
+        SPOOL_SUBSCRIBER_SECRET: WEBHOOK_SECRET,
+      },
+      { wait: false },
+    );
+    await eventually(
+      "next start",
+      async () => (await fetch(`${base}/api/revalidate`, { method: "POST" })).status === 401,
+      {
+        timeout: 30000,
+        interval: 100,
+      },
+    );
   });
 
   after(async () => {
@@ -134,9 +163,13 @@ describe("@spool-live/next in a real Next.js app", () => {
 
     const { seq } = await publish(stack.ingest.url, "acme", { slug: "hello" });
     // The route logs once it has revalidated, before it answers the revalidator.
-    await eventually("the revalidation call", () => app.output().includes("/blog/hello /blog tag:blog tag:blog:hello"), {
-      timeout: 15000,
-    });
+    await eventually(
+      "the revalidation call",
+      () => app.output().includes("/blog/hello /blog tag:blog tag:blog:hello"),
+      {
+        timeout: 15000,
+      },
+    );
     assert.ok(seq > 0);
     // The very next request of each page: /blog/hello by its path, /tagged/hello by its tag.
     assert.equal(await title(`${base}/blog/hello`), "Hello v2");
@@ -179,8 +212,16 @@ describe("@spool-live/next in a real Next.js app", () => {
     cms.titles.set("live", "Live v1");
     const browser = await chromium.launch({
       executablePath: CHROMIUM,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+      ],
     });
     try {
       const page = await browser.newPage();
@@ -188,13 +229,23 @@ describe("@spool-live/next in a real Next.js app", () => {
       page.on("console", (m) => logs.push(m.text()));
       await page.goto(`${base}/live`);
       assert.equal(await page.textContent("#title"), "Live v1");
-      await page.waitForFunction(() => document.querySelector("#status")?.textContent === "live", null, { timeout: 5000 });
+      await page.waitForFunction(() => document.querySelector("#status")?.textContent === "live", null, {
+        timeout: 5000,
+      });
       cms.titles.set("live", "Live v2");
       await publish(stack.ingest.url, "acme", { slug: "live" });
-      await page.waitForFunction(() => document.querySelector("#title")?.textContent === "Live v2", null, { timeout: 5000 });
+      await page.waitForFunction(() => document.querySelector("#title")?.textContent === "Live v2", null, {
+        timeout: 5000,
+      });
       assert.equal(await page.textContent("#last"), "live");
-      assert.ok(logs.some((l) => l.includes("[DEV] ✅ Connected to Spool Live for site: acme")), logs.join("\n"));
-      assert.ok(logs.some((l) => l.includes("[DEV] 🔄 Live update: blog/live")), logs.join("\n"));
+      assert.ok(
+        logs.some((l) => l.includes("[DEV] ✅ Connected to Spool Live for site: acme")),
+        logs.join("\n"),
+      );
+      assert.ok(
+        logs.some((l) => l.includes("[DEV] 🔄 Live update: blog/live")),
+        logs.join("\n"),
+      );
     } finally {
       await browser.close();
     }
@@ -205,8 +256,16 @@ describe("@spool-live/next in a real Next.js app", () => {
     cms.titles.set("draft?draft", "Draft v1");
     const browser = await chromium.launch({
       executablePath: CHROMIUM,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+      ],
     });
     try {
       const editor = await (await browser.newContext()).newPage();
@@ -218,20 +277,32 @@ describe("@spool-live/next in a real Next.js app", () => {
       assert.equal(await editor.textContent("#title"), "Draft v1");
       assert.equal(await visitor.textContent("#title"), "Published v1");
       for (const page of [editor, visitor]) {
-        await page.waitForFunction(() => document.querySelector("#status")?.textContent === "live", null, { timeout: 5000 });
+        await page.waitForFunction(() => document.querySelector("#status")?.textContent === "live", null, {
+          timeout: 5000,
+        });
       }
       // An editor saves a draft: its page refreshes and shows it.
       cms.titles.set("draft?draft", "Draft v2");
       await publish(stack.ingest.url, "acme", { slug: "draft", type: "content.updated", title: "Secret draft title" });
-      await editor.waitForFunction(() => document.querySelector("#title")?.textContent === "Draft v2", null, { timeout: 5000 });
+      await editor.waitForFunction(() => document.querySelector("#title")?.textContent === "Draft v2", null, {
+        timeout: 5000,
+      });
       assert.equal(await editor.textContent("#last"), "content.updated draft");
       // The visitor's page heard nothing: no event, no refresh, while a published change
       // after it does reach it.
       cms.titles.set("draft", "Published v2");
       await publish(stack.ingest.url, "acme", { slug: "draft" });
-      await visitor.waitForFunction(() => document.querySelector("#last")?.textContent === "content.published draft", null, { timeout: 5000 });
+      await visitor.waitForFunction(
+        () => document.querySelector("#last")?.textContent === "content.published draft",
+        null,
+        { timeout: 5000 },
+      );
       assert.deepEqual(await visitor.evaluate(() => window.__spoolEvents), ["content.published"]);
-      assert.equal((await editor.evaluate(() => window.__spoolEvents))[0], "content.updated", "the editor got the draft");
+      assert.equal(
+        (await editor.evaluate(() => window.__spoolEvents))[0],
+        "content.updated",
+        "the editor got the draft",
+      );
       assert.ok(!(await visitor.content()).includes("Secret draft title"));
     } finally {
       await browser.close();
@@ -241,8 +312,16 @@ describe("@spool-live/next in a real Next.js app", () => {
   it("with notify: after_revalidate the page a browser refreshes on an event is fresh, every time (Chromium)", async () => {
     const browser = await chromium.launch({
       executablePath: CHROMIUM,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+      ],
     });
     // Twenty changes, each: write the new content, send the webhook, and read what the
     // browser's refresh (on the event) shows once it has settled.

@@ -49,7 +49,12 @@ describe("createRevalidateHandler", () => {
     const response = await handler(request("rv_1", BODY));
     assert.equal(response.status, 200);
     assert.deepEqual(await response.json().then((b) => [b.revalidated, b.duplicate]), [true, false]);
-    assert.deepEqual(calls, ["path:/blog/my-post", "path:/blog", 'tag:blog:{"expire":0}', 'tag:blog:my-post:{"expire":0}']);
+    assert.deepEqual(calls, [
+      "path:/blog/my-post",
+      "path:/blog",
+      'tag:blog:{"expire":0}',
+      'tag:blog:my-post:{"expire":0}',
+    ]);
   });
 
   it("does nothing for a webhook-id it has handled (a retry whose answer was lost)", async () => {
@@ -74,7 +79,10 @@ describe("createRevalidateHandler", () => {
       },
     });
     const answers = await Promise.all([handler(request("rv_3", BODY)), handler(request("rv_3", BODY))]);
-    assert.deepEqual(answers.map((a) => a.status), [200, 200]);
+    assert.deepEqual(
+      answers.map((a) => a.status),
+      [200, 200],
+    );
     assert.equal(most, 1);
   });
 
