@@ -2,45 +2,64 @@
 // the real revalidator calls its route, the route verifies and revalidates, and the page
 // served next shows the new content. Then <SpoolLive /> refreshes a page in Chromium.
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { createRequire } from "node:module";
+import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { chromium } from "playwright-core";
 import { Webhook } from "standardwebhooks";
 import {
+  CHROMIUM,
   eventually,
   freePort,
+  launchChromium,
   publish,
   REVALIDATE_SECRET,
+  type Stack,
   site,
   startStack,
+  TEST_DIR,
   tempDir,
   WEBHOOK_SECRET,
-} from "./harness.mjs";
+} from "./harness.js";
 
-const APP = join(import.meta.dirname, "fixtures/next-app");
+const APP = join(TEST_DIR, "fixtures/next-app");
 const NEXT_BIN = createRequire(join(APP, "package.json")).resolve("next/dist/bin/next");
-const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const TOKEN = "rk_test_acme_0123456789";
 
-/** Runs `next <args>` in the fixture; resolves when it exits 0 (build) or returns the process. */
-function next(args, env, { wait = true } = {}) {
+declare global {
+  interface Window {
+    /** The types of the events the draft page heard (fixtures/next-app/app/draft/live.jsx). */
+    __spoolEvents: string[];
+  }
+}
+
+interface NextProcess {
+  child: ChildProcess;
+  output: () => string;
+  done: Promise<void>;
+}
+
+/** Runs `next <args>` in the fixture: resolves to its output once it exits 0 (`build`). */
+function next(args: string[], env: Record<string, string>): Promise<string>;
+/** Runs `next <args>` in the fixture and returns the process (`start`). */
+function next(args: string[], env: Record<string, string>, options: { wait: false }): NextProcess;
+function next(args: string[], env: Record<string, string>, { wait = true } = {}): Promise<string> | NextProcess {
   const child = spawn(process.execPath, [NEXT_BIN, ...args], {
     cwd: APP,
     env: { ...process.env, NEXT_TELEMETRY_DISABLED: "1", NODE_ENV: "production", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let output = "";
-  const keep = (b) => {
+  const keep = (b: Buffer) => {
     output += b.toString();
   };
   child.stdout.on("data", keep);
   child.stderr.on("data", keep);
   process.on("exit", () => child.kill("SIGKILL"));
-  const done = new Promise((resolve, reject) => {
+  const done = new Promise<void>((resolve, reject) => {
     child.on("exit", (code) =>
       code === 0 ? resolve() : reject(new Error(`next ${args[0]} exited with ${code}:\n${output}`)),
     );
@@ -54,27 +73,28 @@ function next(args, env, { wait = true } = {}) {
 async function cmsServer() {
   const titles = new Map();
   const server = createServer((req, res) => {
-    const slug = req.url.split("/").pop();
+    const slug = (req.url ?? "").split("/").pop() ?? "";
     res.writeHead(200, { "content-type": "application/json" });
     res.end(JSON.stringify({ title: titles.get(slug) ?? "(none)" }));
   });
-  await new Promise((r) => server.listen(0, "127.0.0.1", r));
-  return { titles, url: `http://127.0.0.1:${server.address().port}`, close: () => server.close() };
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return { titles, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, close: () => server.close() };
 }
 
-const title = async (url) => {
+const title = async (url: string) => {
   const html = await (await fetch(url)).text();
   return html.match(/<h1 id="title">([^<]*)<\/h1>/)?.[1];
 };
 
 describe("@spool-live/next in a real Next.js app", () => {
-  let stack;
-  let cms;
-  let app;
-  let base;
-  let contentDir;
-  const setFile = (slug, t) => writeFileSync(join(contentDir, `${slug}.json`), JSON.stringify({ title: t }));
-  const signedCall = (id, body, { secret = REVALIDATE_SECRET, at = new Date() } = {}) =>
+  let stack: Stack;
+  let cms: Awaited<ReturnType<typeof cmsServer>>;
+  let app: NextProcess;
+  let base: string;
+  let contentDir: string;
+  const setFile = (slug: string, t: string) =>
+    writeFileSync(join(contentDir, `${slug}.json`), JSON.stringify({ title: t }));
+  const signedCall = (id: string, body: string, { secret = REVALIDATE_SECRET, at = new Date() } = {}) =>
     fetch(`${base}/api/revalidate`, {
       method: "POST",
       headers: {
@@ -92,7 +112,7 @@ describe("@spool-live/next in a real Next.js app", () => {
     cms = await cmsServer();
     contentDir = tempDir("spool-js-content-");
     const revalidate = [{ url: `${base}/api/revalidate`, secret: REVALIDATE_SECRET }];
-    const collections = (id) => ({
+    const collections = (id: string) => ({
       blog: { paths: ["/blog/{slug}", "/blog"], tags: ["blog", "blog:{slug}"] },
       fresh: { paths: [`/fresh/${id}/{slug}`], tags: [] },
     });
@@ -210,22 +230,10 @@ describe("@spool-live/next in a real Next.js app", () => {
   it("<SpoolLive /> refreshes the page in the browser on events (Chromium)", async () => {
     assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install chromium (or set CHROMIUM_PATH)`);
     cms.titles.set("live", "Live v1");
-    const browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-      ],
-    });
+    const browser = await launchChromium();
     try {
       const page = await browser.newPage();
-      const logs = [];
+      const logs: string[] = [];
       page.on("console", (m) => logs.push(m.text()));
       await page.goto(`${base}/live`);
       assert.equal(await page.textContent("#title"), "Live v1");
@@ -254,19 +262,7 @@ describe("@spool-live/next in a real Next.js app", () => {
   it("in draft mode an editor sees a draft live; a visitor's page never hears of it (Chromium)", async () => {
     cms.titles.set("draft", "Published v1");
     cms.titles.set("draft?draft", "Draft v1");
-    const browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-      ],
-    });
+    const browser = await launchChromium();
     try {
       const editor = await (await browser.newContext()).newPage();
       await editor.goto(`${base}/api/draft`);
@@ -310,25 +306,13 @@ describe("@spool-live/next in a real Next.js app", () => {
   });
 
   it("with notify: after_revalidate the page a browser refreshes on an event is fresh, every time (Chromium)", async () => {
-    const browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-      ],
-    });
+    const browser = await launchChromium();
     // Twenty changes, each: write the new content, send the webhook, and read what the
     // browser's refresh (on the event) shows once it has settled.
-    const run = async (siteId, slug, timeout) => {
+    const run = async (siteId: string, slug: string, timeout: number) => {
       setFile(slug, `${slug} v0`);
       const page = await browser.newPage();
-      const logs = [];
+      const logs: string[] = [];
       page.on("console", (m) => logs.push(m.text()));
       await page.goto(`${base}/fresh/${siteId}/${slug}`);
       await eventually("the page's subscription live", () => logs.some((l) => l.includes("✅ Connected")));

@@ -1,14 +1,22 @@
 // createRevalidateHandler on its own (revalidatePath/revalidateTag replaced by recorders):
-// the answers the revalidator's retry semantics rely on. The real Next.js app is next.test.mjs.
+// the answers the revalidator's retry semantics rely on. The real Next.js app is next.test.ts.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { createRevalidateHandler } from "@spool-live/next/server";
+import { createRevalidateHandler, type RevalidateHandlerOptions } from "@spool-live/next/server";
 import { Webhook } from "standardwebhooks";
 
 const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const OLD_SECRET = "whsec_b2xkLXNlY3JldC1iZWluZy1yb3RhdGVkLW91dA==";
 
-function request(id, body, { secret = SECRET, at = new Date(), headers = {} } = {}) {
+function request(
+  id: string,
+  body: unknown,
+  {
+    secret = SECRET,
+    at = new Date(),
+    headers = {},
+  }: { secret?: string; at?: Date; headers?: Record<string, string> } = {},
+): Request {
   const payload = typeof body === "string" ? body : JSON.stringify(body);
   return new Request("http://site.test/api/revalidate", {
     method: "POST",
@@ -23,12 +31,16 @@ function request(id, body, { secret = SECRET, at = new Date(), headers = {} } = 
   });
 }
 
-function recorder(extra = {}) {
-  const calls = [];
+function recorder(extra: Partial<RevalidateHandlerOptions> = {}) {
+  const calls: string[] = [];
   const handler = createRevalidateHandler({
     secret: SECRET,
-    revalidatePath: (p) => calls.push(`path:${p}`),
-    revalidateTag: (t, profile) => calls.push(`tag:${t}:${JSON.stringify(profile)}`),
+    revalidatePath: (p) => {
+      calls.push(`path:${p}`);
+    },
+    revalidateTag: (t, profile) => {
+      calls.push(`tag:${t}:${JSON.stringify(profile)}`);
+    },
     log: false,
     ...extra,
   });
