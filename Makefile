@@ -47,7 +47,7 @@ test: tools lint deploy-check js-test
 	cargo build --workspace --bins
 	cargo test --workspace
 
-run: tools release demo-client
+run: tools demo-client release
 	scripts/run-local.sh
 
 # The demo page of `make run` uses the built @spool-live/client (clients/js/packages/client/dist).

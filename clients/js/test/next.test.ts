@@ -156,10 +156,7 @@ describe("@spool-live/next in a real Next.js app", () => {
     await eventually(
       "next start",
       async () => (await fetch(`${base}/api/revalidate`, { method: "POST" })).status === 401,
-      {
-        timeout: 30000,
-        interval: 100,
-      },
+      { timeout: 30000, interval: 100 },
     );
   });
 
@@ -186,9 +183,7 @@ describe("@spool-live/next in a real Next.js app", () => {
     await eventually(
       "the revalidation call",
       () => app.output().includes("/blog/hello /blog tag:blog tag:blog:hello"),
-      {
-        timeout: 15000,
-      },
+      { timeout: 15000 },
     );
     assert.ok(seq > 0);
     // The very next request of each page: /blog/hello by its path, /tagged/hello by its tag.
