@@ -13,7 +13,7 @@ SYSTEM_NATS := $(shell scripts/system-nats-server.sh)
 NATS_SERVER_BIN ?= $(if $(SYSTEM_NATS),$(SYSTEM_NATS),$(TOOLS)/bin/nats-server)
 export NATS_SERVER_BIN
 
-.PHONY: all tools build release test fmt lint run leak-check soak demo-webhook bench-ingest bench-delivery bench-revalidator bench bench-quick clean
+.PHONY: all tools build release test fmt lint run demo-client leak-check soak demo-webhook bench-ingest bench-delivery bench-revalidator bench bench-quick clean
 .PHONY: deploy-tools deploy-check image
 
 all: build
@@ -47,8 +47,16 @@ test: tools lint deploy-check js-test
 	cargo build --workspace --bins
 	cargo test --workspace
 
-run: tools release
+run: tools demo-client release
 	scripts/run-local.sh
+
+# The demo page of `make run` uses the built @spool-live/client (clients/js/packages/client/dist).
+# npm ci runs only when the lock file is newer than the installed packages.
+demo-client: node clients/js/node_modules/.package-lock.json
+	cd clients/js && npm run build --workspace @spool-live/client
+
+clients/js/node_modules/.package-lock.json: clients/js/package-lock.json
+	cd clients/js && npm ci --no-audit --no-fund
 
 # Prints a freshly signed curl for the demo site (valid for 5 minutes).
 demo-webhook:
@@ -124,10 +132,11 @@ image:
 	fi
 
 # --- The site side (clients/js): @spool-live/client and @spool-live/next -----------------
-# npm ci (lock file), TypeScript build, then Node's test runner against the real binaries:
+# npm ci (lock file), Biome's lint and format check (clients/js/biome.json; `npm run format`
+# fixes), TypeScript build, then Node's test runner against the real binaries:
 # unit tests, the client in Node, in headless Chromium (Debian's /usr/bin/chromium) and a
 # real Next.js app. Needs Node 20.9+ and npm; Chromium is installed (apt-get) when missing.
 .PHONY: js-test node chromium
 js-test: tools build node chromium
-	cd clients/js && npm ci --no-audit --no-fund && npm run build && \
+	cd clients/js && npm ci --no-audit --no-fund && npm run lint && npm run build && \
 	  SPOOL_BIN_DIR="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug" npm test

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make run`: nats-server (JetStream, data under .run/), then the services with the demo
-# sites file; prints a signed demo webhook; Ctrl-C stops everything.
+# sites file, and the demo page with the built @spool-live/client (make run builds both);
+# prints a signed demo webhook; Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,8 +14,19 @@ TARGET_PORT=${TARGET_PORT:-3001}
 export NATS_URL="nats://127.0.0.1:${NATS_PORT}"
 export SPOOL_SITES_FILE=${SPOOL_SITES_FILE:-demo/sites.json}
 export SPOOL_ADMIN_TOKEN=${SPOOL_ADMIN_TOKEN:-dev-admin-token}
-BIN=target/release
-mkdir -p .run/nats .run/logs
+# SPOOL_BIN_DIR runs other builds of the services (as the clients/js tests do).
+BIN=${SPOOL_BIN_DIR:-target/release}
+CLIENT_DIST=clients/js/packages/client/dist
+if [[ ! -f $CLIENT_DIST/index.js ]]; then
+  echo "$CLIENT_DIST is missing: build it with \`make run\`, or: cd clients/js && npm ci && npm run build" >&2
+  exit 1
+fi
+mkdir -p .run/nats .run/logs .run/demo-page
+# What the demo page server sees: the page and the built client beside it (links, so an
+# edited page or a rebuilt client shows on reload).
+ln -sfn ../../demo/live.html .run/demo-page/live.html
+ln -sfn ../../demo/live.html .run/demo-page/index.html
+ln -sfn "../../$CLIENT_DIST" .run/demo-page/spool-live-client
 
 pids=()
 stop() {
@@ -51,7 +63,7 @@ pids+=($!)
 # The demo site's revalidation target prints what it is asked to revalidate, right here.
 python3 scripts/revalidate-target.py --port "$TARGET_PORT" &
 pids+=($!)
-python3 -m http.server "$DEMO_PAGE_PORT" --bind 127.0.0.1 --directory demo > .run/logs/demo-page.log 2>&1 &
+python3 -m http.server "$DEMO_PAGE_PORT" --bind 127.0.0.1 --directory .run/demo-page > .run/logs/demo-page.log 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:${INGEST_PORT}/readyz" spool-ingest
 wait_http "http://127.0.0.1:${DELIVERY_PORT}/readyz" spool-delivery
@@ -66,7 +78,8 @@ Spool Live is running (logs in .run/logs/):
   spool-revalidator http://127.0.0.1:${REVALIDATOR_PORT}  (dead letters: GET /v1/admin/dlq)
   demo target    http://127.0.0.1:${TARGET_PORT}/api/revalidate  (prints each revalidation below)
   demo site      demo  (public; sites file: $SPOOL_SITES_FILE)
-  demo page      http://localhost:${DEMO_PAGE_PORT}/live.html  (EventSource; prints events live)
+  demo page      http://localhost:${DEMO_PAGE_PORT}/live.html  (@spool-live/client: events, status, reconnects, resets;
+                 ?transport=poll forces the long-poll fallback)
 
 Watch the live stream in a terminal (replays history, then live):
 

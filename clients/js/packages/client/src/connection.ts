@@ -199,7 +199,7 @@ export class Connection {
     try {
       const found = this.cfg.eventSource();
       Source = found instanceof Promise ? await found : found;
-    } catch (e) {
+    } catch {
       // No EventSource at all: long-poll is the only way.
       if (!asProbe && !this.closed) this.startPolling();
       return;

@@ -1,5 +1,5 @@
-export { subscribe } from "./subscribe.js";
 export { backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";
+export { subscribe } from "./subscribe.js";
 export type {
   BackoffOptions,
   Clock,

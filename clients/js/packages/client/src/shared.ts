@@ -363,7 +363,9 @@ export class SharedSubscription {
           failures = 0;
         } catch {
           failures++;
-          await new Promise<void>((resolve) => this.cfg.clock.setTimeout(() => resolve(), Math.min(30000, 500 * 2 ** failures)));
+          await new Promise<void>((resolve) =>
+            this.cfg.clock.setTimeout(() => resolve(), Math.min(30000, 500 * 2 ** failures)),
+          );
         }
       }
     };

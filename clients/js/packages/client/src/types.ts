@@ -15,6 +15,13 @@ export interface SpoolEvent {
   site: string;
   type: EventType;
   collection: string;
+  /** Who may see it: visitors (`public`) or only readers with a `preview` subscriber token. */
+  audience: "public" | "preview";
+  /**
+   * Only on events of a site with `notify: after_revalidate` that went out at its
+   * `notify_timeout_ms` without every revalidation target's `2xx`: the page may still be stale.
+   */
+  fresh?: false;
   item: { id: string; slug?: string; [field: string]: unknown };
   /** Paths to revalidate (mapped from the site's collection config, plus the webhook's). */
   paths: string[];

@@ -36,11 +36,7 @@ export function streamUrl(endpoint: Endpoint, since: number | undefined): string
 }
 
 /** `GET /v1/sites/{site}/events?since=&limit=&wait=`; the token goes in [`authHeaders`]. */
-export function pollUrl(
-  endpoint: Endpoint,
-  since: number | undefined,
-  opts: { limit: number; wait: number },
-): string {
+export function pollUrl(endpoint: Endpoint, since: number | undefined, opts: { limit: number; wait: number }): string {
   const url = base(endpoint, "events", false);
   if (since !== undefined) {
     url.searchParams.set("since", String(since));

@@ -1,9 +1,9 @@
 "use client";
 
-import { useEffect, useRef, useState } from "react";
-import { useRouter } from "next/navigation";
-import { subscribe } from "@spool-live/client";
 import type { ResetInfo, SpoolEvent, Status, StatusInfo, SubscribeOptions } from "@spool-live/client";
+import { subscribe } from "@spool-live/client";
+import { useRouter } from "next/navigation";
+import { useEffect, useRef, useState } from "react";
 
 export interface UseSpoolLiveOptions {
   /** The delivery URL. Default `process.env.NEXT_PUBLIC_SPOOL_LIVE_URL`. */
@@ -38,7 +38,9 @@ export interface UseSpoolLiveOptions {
   onReset?: (reset: ResetInfo) => void;
   onStatus?: (status: Status, info: StatusInfo) => void;
   /** Anything else `subscribe` accepts (backoff, transport, share...). */
-  subscribeOptions?: Partial<Omit<SubscribeOptions, "url" | "site" | "token" | "collections" | "onEvent" | "onReset" | "onStatus">>;
+  subscribeOptions?: Partial<
+    Omit<SubscribeOptions, "url" | "site" | "token" | "collections" | "onEvent" | "onReset" | "onStatus">
+  >;
 }
 
 export interface SpoolLiveState {

@@ -133,11 +133,13 @@ export function createRevalidateHandler(options: RevalidateHandlerOptions): (req
         : undefined;
   let nextCache: Promise<NextCache> | undefined;
   const loadNextCache = () => (nextCache ??= import("next/cache") as unknown as Promise<NextCache>);
+  const revalidatePath =
+    options.revalidatePath ?? (async (path: string) => (await loadNextCache()).revalidatePath(path));
+  const revalidateTag =
+    options.revalidateTag ??
+    (async (tag: string, profile: TagProfile) => (await loadNextCache()).revalidateTag(tag, profile));
 
   const revalidate = async (body: RevalidateBody, webhookId: string): Promise<Response> => {
-    const cache = options.revalidatePath && options.revalidateTag ? undefined : await loadNextCache();
-    const revalidatePath = options.revalidatePath ?? ((path: string) => cache!.revalidatePath(path));
-    const revalidateTag = options.revalidateTag ?? ((tag: string, profile: TagProfile) => cache!.revalidateTag(tag, profile));
     try {
       for (const path of body.paths) await revalidatePath(path);
       for (const tag of body.tags) await revalidateTag(tag, tagProfile);
@@ -154,6 +156,7 @@ export function createRevalidateHandler(options: RevalidateHandlerOptions): (req
     return json(200, { revalidated: true, duplicate: false, paths: body.paths, tags: body.tags, now: Date.now() });
   };
 
+  // biome-ignore lint/correctness/noComponentHookFactories: a route handler (named as Next.js wants), not a component
   return async function POST(request: Request): Promise<Response> {
     const secrets = (Array.isArray(options.secret) ? options.secret : [options.secret]).filter(
       (s): s is string => typeof s === "string" && s.length > 0,
@@ -183,7 +186,8 @@ export function createRevalidateHandler(options: RevalidateHandlerOptions): (req
           verified = true;
           break;
         } catch (e) {
-          failure = e instanceof WebhookVerificationError ? e.message : `verification failed: ${(e as Error)?.message ?? e}`;
+          failure =
+            e instanceof WebhookVerificationError ? e.message : `verification failed: ${(e as Error)?.message ?? e}`;
         }
       }
     }
@@ -192,7 +196,7 @@ export function createRevalidateHandler(options: RevalidateHandlerOptions): (req
       return error(401, "invalid_signature", failure);
     }
     const body = parseBody(payload);
-    if (!body) return error(400, "invalid_body", "expected the revalidation JSON: {\"paths\": [...], \"tags\": [...]}");
+    if (!body) return error(400, "invalid_body", 'expected the revalidation JSON: {"paths": [...], "tags": [...]}');
 
     const id = headers["webhook-id"];
     const running = inFlight.get(id);
@@ -257,7 +261,9 @@ export async function createSubscriberToken(options: SubscriberTokenOptions = {}
   const secret = options.secret ?? process.env.SPOOL_SUBSCRIBER_SECRET;
   const site = options.site ?? process.env.SPOOL_SITE ?? process.env.NEXT_PUBLIC_SPOOL_SITE;
   if (!secret?.startsWith("whsec_")) {
-    throw new Error("createSubscriberToken: set SPOOL_SUBSCRIBER_SECRET (the site's subscriber_secret, whsec_...) or pass `secret`");
+    throw new Error(
+      "createSubscriberToken: set SPOOL_SUBSCRIBER_SECRET (the site's subscriber_secret, whsec_...) or pass `secret`",
+    );
   }
   if (!site) throw new Error("createSubscriberToken: set SPOOL_SITE (or pass `site`)");
   const key = Buffer.from(secret.slice("whsec_".length), "base64");

@@ -1,25 +1,40 @@
 // Reconnection timing with a fake clock and a fake EventSource: no services, no waiting.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { backoffDelay, subscribe } from "@spool-live/client";
+import {
+  backoffDelay,
+  type Clock,
+  type EventSourceLike,
+  type ResetInfo,
+  type SpoolEvent,
+  type Status,
+  type StatusInfo,
+  type SubscribeOptions,
+  subscribe,
+} from "@spool-live/client";
+
+interface Timer {
+  at: number;
+  fn: () => void;
+}
 
 /** Timers that run only when the test advances time. */
-class FakeClock {
+class FakeClock implements Clock {
   now = 0;
-  timers = [];
-  setTimeout = (fn, ms) => {
+  timers: Timer[] = [];
+  setTimeout = (fn: () => void, ms: number): Timer => {
     const timer = { at: this.now + ms, fn };
     this.timers.push(timer);
     return timer;
   };
-  clearTimeout = (timer) => {
+  clearTimeout = (timer: unknown) => {
     this.timers = this.timers.filter((t) => t !== timer);
   };
   /** The delays of the pending timers, from now. */
   pending() {
     return this.timers.map((t) => t.at - this.now).sort((a, b) => a - b);
   }
-  async advance(ms) {
+  async advance(ms: number) {
     const until = this.now + ms;
     for (;;) {
       const due = this.timers.filter((t) => t.at <= until).sort((a, b) => a.at - b.at)[0];
@@ -37,31 +52,37 @@ class FakeClock {
 const flush = () => new Promise((r) => setImmediate(r));
 
 /** Records every EventSource the client makes; the test plays the server. */
-function fakeEventSources(clock) {
-  const made = [];
-  class FakeEventSource {
+function fakeEventSources(clock: FakeClock) {
+  const made: FakeEventSource[] = [];
+  class FakeEventSource implements EventSourceLike {
     static CONNECTING = 0;
     static OPEN = 1;
     static CLOSED = 2;
     readyState = 0;
     closed = false;
-    listeners = {};
-    constructor(url) {
+    listeners: Record<string, Array<(event: MessageEvent | Event) => void>> = {};
+    url: URL;
+    /** When (on the fake clock) the client made it. */
+    at: number;
+    constructor(url: string) {
       this.url = new URL(url);
       this.at = clock.now;
       made.push(this);
     }
-    addEventListener(type, fn) {
-      (this.listeners[type] ??= []).push(fn);
+    addEventListener(type: string, fn: (event: MessageEvent | Event) => void) {
+      this.listeners[type] ??= [];
+      this.listeners[type].push(fn);
     }
     close() {
       this.closed = true;
       this.readyState = 2;
     }
-    emit(type, data, extra = {}) {
-      for (const fn of this.listeners[type] ?? []) fn({ type, data: data === undefined ? undefined : JSON.stringify(data), ...extra });
+    /** A server-sent event (`data` as JSON), or `open`/`error` without data; `extra`: e.g. `lastEventId`. */
+    emit(type: string, data?: unknown, extra: { lastEventId?: string } = {}) {
+      const event = { type, data: data === undefined ? undefined : JSON.stringify(data), ...extra };
+      for (const fn of this.listeners[type] ?? []) fn(event as unknown as MessageEvent);
     }
-    ready(lastSeq) {
+    ready(lastSeq: number) {
       this.readyState = 1;
       this.emit("open");
       this.emit("ready", { last_seq: lastSeq });
@@ -80,15 +101,26 @@ function fakeEventSources(clock) {
   return { FakeEventSource, made };
 }
 
-function event(seq) {
-  return { seq, id: `msg_${seq}`, site: "acme", type: "content.published", collection: "blog", item: { id: String(seq) }, paths: [], tags: [], received_at: "" };
+function event(seq: number): SpoolEvent {
+  return {
+    seq,
+    id: `msg_${seq}`,
+    site: "acme",
+    type: "content.published",
+    collection: "blog",
+    audience: "public",
+    item: { id: String(seq) },
+    paths: [],
+    tags: [],
+    received_at: "",
+  };
 }
 
-function setup(extra = {}) {
+function setup(extra: Partial<SubscribeOptions> = {}) {
   const clock = new FakeClock();
   const { FakeEventSource, made } = fakeEventSources(clock);
-  const events = [];
-  const statuses = [];
+  const events: number[] = [];
+  const statuses: Array<{ s: Status } & StatusInfo> = [];
   const unsubscribe = subscribe({
     url: "http://delivery.test",
     site: "acme",
@@ -110,7 +142,10 @@ describe("backoffDelay", () => {
     const top = () => 0.999999;
     const ceilings = [0, 1, 2, 3, 4, 5, 6, 10, 60].map((n) => backoffDelay(n, { initialMs: 1000, maxMs: 30000 }, top));
     assert.deepEqual(ceilings, [999, 1999, 3999, 7999, 15999, 29999, 29999, 29999, 29999]);
-    assert.equal(backoffDelay(7, {}, () => 0), 0);
+    assert.equal(
+      backoffDelay(7, {}, () => 0),
+      0,
+    );
     for (let i = 0; i < 1000; i++) {
       const d = backoffDelay(i % 12);
       assert.ok(d >= 0 && d < Math.min(30000, 1000 * 2 ** (i % 12)), `delay ${d} out of range`);
@@ -131,9 +166,9 @@ describe("reconnection with a fake clock", () => {
   it("closes every failed EventSource and waits its own growing, capped backoff", async () => {
     const { clock, made, statuses, unsubscribe } = setup({ transport: "sse" });
     assert.equal(made.length, 1);
-    const gaps = [];
+    const gaps: number[] = [];
     for (let i = 0; i < 6; i++) {
-      const source = made.at(-1);
+      const source = made[made.length - 1];
       // Alternate the two ways Chromium fails: a drop it would retry after `retry:` by
       // itself, and a non-200 after which it gives up for good. Both are ours to redo.
       if (i % 2 === 0) source.drop();
@@ -142,14 +177,14 @@ describe("reconnection with a fake clock", () => {
       const [delay] = clock.pending().filter((d) => d < 10000);
       await clock.advance(delay);
       assert.equal(made.length, i + 2, "a new EventSource after the backoff");
-      gaps.push(made.at(-1).at - source.at);
+      gaps.push(made[made.length - 1].at - source.at);
     }
     // random() = 0.5: half of min(8000, 1000 * 2^n).
     assert.deepEqual(gaps, [500, 1000, 2000, 4000, 4000, 4000]);
     const reconnecting = statuses.filter((s) => s.s === "reconnecting").map((s) => s.delayMs);
     assert.deepEqual(reconnecting, [500, 1000, 2000, 4000, 4000, 4000]);
     unsubscribe();
-    assert.equal(statuses.at(-1).s, "closed");
+    assert.equal(statuses.at(-1)?.s, "closed");
   });
 
   it("starts over from the first delay once a connection said ready, and resumes from the last seq", async () => {
@@ -163,7 +198,11 @@ describe("reconnection with a fake clock", () => {
     live.emit("message", event(42), { lastEventId: "42" });
     live.emit("message", event(43), { lastEventId: "43" });
     live.drop();
-    assert.deepEqual(clock.pending().filter((d) => d < 10000), [500], "the backoff starts over after ready");
+    assert.deepEqual(
+      clock.pending().filter((d) => d < 10000),
+      [500],
+      "the backoff starts over after ready",
+    );
     await clock.advance(500);
     assert.equal(made[3].url.searchParams.get("since"), "43");
     assert.equal(made[3].url.searchParams.get("token"), "rk_test");
@@ -198,17 +237,24 @@ describe("reconnection with a fake clock", () => {
   });
 
   it("switches to long-poll after repeated SSE failures and back to SSE when it works", async () => {
-    const polls = [];
-    const fetch = async (url, init) => {
-      const u = new URL(url);
+    const polls: URL[] = [];
+    const fetch = async (url: string | URL | Request, init?: RequestInit): Promise<Response> => {
+      const u = new URL(url instanceof Request ? url.url : url);
       polls.push(u);
       if (u.searchParams.get("since") === "7") {
         return Response.json({ events: [event(8), event(9)], next: 9, reset: null });
       }
       // Hold like a long-poll until aborted.
-      return await new Promise((_, reject) => init.signal.addEventListener("abort", () => reject(new Error("aborted"))));
+      return await new Promise((_, reject) =>
+        init?.signal?.addEventListener("abort", () => reject(new Error("aborted"))),
+      );
     };
-    const { clock, made, events, statuses, unsubscribe } = setup({ since: 7, fetch, sseFailuresBeforePoll: 3, sseRetryMs: 20000 });
+    const { clock, made, events, statuses, unsubscribe } = setup({
+      since: 7,
+      fetch,
+      sseFailuresBeforePoll: 3,
+      sseRetryMs: 20000,
+    });
     made[0].refuse();
     await clock.advance(500);
     made[1].refuse();
@@ -229,7 +275,7 @@ describe("reconnection with a fake clock", () => {
     assert.equal(made.length, 4);
     assert.equal(made[3].url.searchParams.get("since"), "9");
     made[3].ready(9);
-    assert.equal(statuses.at(-1).s, "live");
+    assert.equal(statuses.at(-1)?.s, "live");
     made[3].emit("message", event(10));
     assert.deepEqual(events, [8, 9, 10]);
     const pollsBefore = polls.length;
@@ -241,13 +287,17 @@ describe("reconnection with a fake clock", () => {
   it("reports a refused token with the server's error code, and keeps retrying at the cap", async () => {
     const fetch = async () =>
       Response.json({ error: { code: "unauthorized", message: "this token can't read this site" } }, { status: 401 });
-    const { clock, statuses, unsubscribe } = setup({ transport: "poll", fetch, backoff: { initialMs: 100, maxMs: 5000 } });
+    const { clock, statuses, unsubscribe } = setup({
+      transport: "poll",
+      fetch,
+      backoff: { initialMs: 100, maxMs: 5000 },
+    });
     await flush();
     await flush();
-    const last = statuses.at(-1);
+    const last = statuses[statuses.length - 1];
     assert.equal(last.s, "reconnecting");
-    assert.equal(last.error.status, 401);
-    assert.equal(last.error.code, "unauthorized");
+    assert.equal(last.error?.status, 401);
+    assert.equal(last.error?.code, "unauthorized");
     assert.equal(last.delayMs, 5000, "a 4xx is not retried quickly");
     await clock.advance(5000);
     await flush();
@@ -256,7 +306,7 @@ describe("reconnection with a fake clock", () => {
   });
 
   it("applies a reset: history_truncated continues from first_seq", async () => {
-    const resets = [];
+    const resets: ResetInfo[] = [];
     const { made, events, unsubscribe } = setup({ transport: "sse", since: 3, onReset: (r) => resets.push(r) });
     made[0].ready(100);
     made[0].emit("reset", { reason: "history_truncated", first_seq: 50 });

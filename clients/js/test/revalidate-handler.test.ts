@@ -1,14 +1,22 @@
 // createRevalidateHandler on its own (revalidatePath/revalidateTag replaced by recorders):
-// the answers the revalidator's retry semantics rely on. The real Next.js app is next.test.mjs.
+// the answers the revalidator's retry semantics rely on. The real Next.js app is next.test.ts.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { createRevalidateHandler } from "@spool-live/next/server";
+import { createRevalidateHandler, type RevalidateHandlerOptions } from "@spool-live/next/server";
 import { Webhook } from "standardwebhooks";
 
 const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const OLD_SECRET = "whsec_b2xkLXNlY3JldC1iZWluZy1yb3RhdGVkLW91dA==";
 
-function request(id, body, { secret = SECRET, at = new Date(), headers = {} } = {}) {
+function request(
+  id: string,
+  body: unknown,
+  {
+    secret = SECRET,
+    at = new Date(),
+    headers = {},
+  }: { secret?: string; at?: Date; headers?: Record<string, string> } = {},
+): Request {
   const payload = typeof body === "string" ? body : JSON.stringify(body);
   return new Request("http://site.test/api/revalidate", {
     method: "POST",
@@ -23,12 +31,16 @@ function request(id, body, { secret = SECRET, at = new Date(), headers = {} } = 
   });
 }
 
-function recorder(extra = {}) {
-  const calls = [];
+function recorder(extra: Partial<RevalidateHandlerOptions> = {}) {
+  const calls: string[] = [];
   const handler = createRevalidateHandler({
     secret: SECRET,
-    revalidatePath: (p) => calls.push(`path:${p}`),
-    revalidateTag: (t, profile) => calls.push(`tag:${t}:${JSON.stringify(profile)}`),
+    revalidatePath: (p) => {
+      calls.push(`path:${p}`);
+    },
+    revalidateTag: (t, profile) => {
+      calls.push(`tag:${t}:${JSON.stringify(profile)}`);
+    },
     log: false,
     ...extra,
   });
@@ -49,7 +61,12 @@ describe("createRevalidateHandler", () => {
     const response = await handler(request("rv_1", BODY));
     assert.equal(response.status, 200);
     assert.deepEqual(await response.json().then((b) => [b.revalidated, b.duplicate]), [true, false]);
-    assert.deepEqual(calls, ["path:/blog/my-post", "path:/blog", 'tag:blog:{"expire":0}', 'tag:blog:my-post:{"expire":0}']);
+    assert.deepEqual(calls, [
+      "path:/blog/my-post",
+      "path:/blog",
+      'tag:blog:{"expire":0}',
+      'tag:blog:my-post:{"expire":0}',
+    ]);
   });
 
   it("does nothing for a webhook-id it has handled (a retry whose answer was lost)", async () => {
@@ -74,7 +91,10 @@ describe("createRevalidateHandler", () => {
       },
     });
     const answers = await Promise.all([handler(request("rv_3", BODY)), handler(request("rv_3", BODY))]);
-    assert.deepEqual(answers.map((a) => a.status), [200, 200]);
+    assert.deepEqual(
+      answers.map((a) => a.status),
+      [200, 200],
+    );
     assert.equal(most, 1);
   });
 

@@ -1,23 +1,43 @@
 // @spool-live/client in Node (the `eventsource` package) against the real services.
 import assert from "node:assert/strict";
-import { createServer, request as httpRequest } from "node:http";
+import { createServer, request as httpRequest, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
-import { subscribe } from "@spool-live/client";
+import {
+  type ResetInfo,
+  type RevalidatedInfo,
+  type SpoolEvent,
+  type Status,
+  type StatusInfo,
+  subscribe,
+} from "@spool-live/client";
 import { createSubscriberToken } from "@spool-live/next/server";
-import { WEBHOOK_SECRET, eventually, publish, site, startStack } from "./harness.mjs";
+import { eventually, publish, type Stack, site, startStack, WEBHOOK_SECRET } from "./harness.js";
 
 const TOKEN = "rk_test_acme_0123456789";
 const fast = { backoff: { initialMs: 50, maxMs: 500 } };
 
 /** Collects what a subscription reports. */
 function collector() {
-  const c = { events: [], statuses: [], resets: [] };
-  c.onEvent = (e) => c.events.push(e);
-  c.onStatus = (s, info) => c.statuses.push({ s, ...info });
-  c.onReset = (r) => c.resets.push(r);
-  c.seqs = () => c.events.map((e) => e.seq);
-  c.status = () => c.statuses.at(-1)?.s;
-  return c;
+  const events: SpoolEvent[] = [];
+  const statuses: Array<{ s: Status } & StatusInfo> = [];
+  const resets: ResetInfo[] = [];
+  return {
+    events,
+    statuses,
+    resets,
+    onEvent: (e: SpoolEvent) => {
+      events.push(e);
+    },
+    onStatus: (s: Status, info: StatusInfo) => {
+      statuses.push({ s, ...info });
+    },
+    onReset: (r: ResetInfo) => {
+      resets.push(r);
+    },
+    seqs: () => events.map((e) => e.seq),
+    status: () => statuses.at(-1)?.s,
+  };
 }
 
 /**
@@ -25,11 +45,12 @@ function collector() {
  * hosts do: `refuse` answers the stream 502, `buffer` accepts it and never sends a byte.
  * Everything else passes through (streamed).
  */
-async function sseBlockingProxy(target) {
-  const state = { mode: "pass", streamRequests: 0 };
-  const held = new Set();
+async function sseBlockingProxy(target: string) {
+  const state: { mode: "pass" | "refuse" | "buffer"; streamRequests: number } = { mode: "pass", streamRequests: 0 };
+  const held = new Set<ServerResponse>();
   const server = createServer((req, res) => {
-    const isStream = req.url.includes("/events/stream");
+    const url = req.url ?? "/";
+    const isStream = url.includes("/events/stream");
     if (isStream) state.streamRequests++;
     if (isStream && state.mode === "refuse") {
       res.writeHead(502, { "content-type": "text/html" }).end("<h1>502 Bad Gateway</h1>");
@@ -40,18 +61,18 @@ async function sseBlockingProxy(target) {
       res.on("close", () => held.delete(res));
       return;
     }
-    const upstream = httpRequest(`${target}${req.url}`, { method: req.method, headers: req.headers }, (up) => {
-      res.writeHead(up.statusCode, up.headers);
+    const upstream = httpRequest(`${target}${url}`, { method: req.method, headers: req.headers }, (up) => {
+      res.writeHead(up.statusCode ?? 502, up.headers);
       up.pipe(res);
     });
     upstream.on("error", () => res.destroy());
     req.pipe(upstream);
     res.on("close", () => upstream.destroy());
   });
-  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   return {
     state,
-    url: `http://127.0.0.1:${server.address().port}`,
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
     close: () => {
       for (const res of held) res.destroy();
       server.closeAllConnections();
@@ -61,7 +82,7 @@ async function sseBlockingProxy(target) {
 }
 
 describe("@spool-live/client against the real services (Node)", () => {
-  let stack;
+  let stack: Stack;
   before(async () => {
     stack = await startStack({
       sites: [site("acme", { subscriber_secret: WEBHOOK_SECRET }), site("open", { public: true })],
@@ -76,7 +97,7 @@ describe("@spool-live/client against the real services (Node)", () => {
   });
 
   it("delivers every event once, in order, from history and live", async (t) => {
-    const first = [];
+    const first: number[] = [];
     for (let i = 0; i < 5; i++) first.push((await publish(stack.ingest.url, "acme")).seq);
     const c = collector();
     const unsubscribe = subscribe({ url: stack.delivery.url, site: "acme", token: TOKEN, since: 0, ...fast, ...c });
@@ -110,7 +131,7 @@ describe("@spool-live/client against the real services (Node)", () => {
     unsubscribe();
   });
 
-  for (const mode of ["refuse", "buffer"]) {
+  for (const mode of ["refuse", "buffer"] as const) {
     it(`falls back to long-poll when SSE is blocked (${mode}) and returns to SSE when it works`, async (t) => {
       const proxy = await sseBlockingProxy(stack.delivery.url);
       proxy.state.mode = mode;
@@ -125,11 +146,11 @@ describe("@spool-live/client against the real services (Node)", () => {
         sseRetryMs: 500,
         ...c,
       });
-    t.after(unsubscribe);
+      t.after(unsubscribe);
       try {
         await eventually("polling", () => c.status() === "polling", { timeout: 5000 });
         assert.ok(c.statuses.some((s) => s.s === "reconnecting" && s.transport === "sse"));
-        const sent = [];
+        const sent: number[] = [];
         for (let i = 0; i < 3; i++) sent.push((await publish(stack.ingest.url, "acme")).seq);
         await eventually("events over long-poll", () => c.events.length >= 3);
         assert.equal(c.status(), "polling");
@@ -162,8 +183,8 @@ describe("@spool-live/client against the real services (Node)", () => {
     t.after(unsubscribe);
     await eventually("a 401 from the poll", () => c.statuses.some((s) => s.error?.status === 401));
     const refused = c.statuses.find((s) => s.error?.status === 401);
-    assert.equal(refused.error.code, "unauthorized");
-    assert.equal(refused.transport, "poll");
+    assert.equal(refused?.error?.code, "unauthorized");
+    assert.equal(refused?.transport, "poll");
     unsubscribe();
   });
   it("renews an expiring subscriber token and resumes without a gap, drafts included in preview", async (t) => {
@@ -176,7 +197,7 @@ describe("@spool-live/client against the real services (Node)", () => {
     const unsubscribe = subscribe({ url: stack.delivery.url, site: "acme", getToken, ...fast, ...c });
     t.after(unsubscribe);
     await eventually("live", () => c.status() === "live");
-    const sent = [];
+    const sent: number[] = [];
     // Across at least two token expiries (2 s each).
     for (let i = 0; i < 6; i++) {
       sent.push((await publish(stack.ingest.url, "acme")).seq);
@@ -195,11 +216,16 @@ describe("@spool-live/client against the real services (Node)", () => {
     // A slow restart may take longer than three quick SSE attempts: the client then
     // long-polls for a while, which must resume without gap too, and goes back to SSE soon.
     const unsubscribe = subscribe({
-      url: stack.delivery.url, site: "acme", token: TOKEN, ...fast, sseRetryMs: 300, ...c,
+      url: stack.delivery.url,
+      site: "acme",
+      token: TOKEN,
+      ...fast,
+      sseRetryMs: 300,
+      ...c,
     });
     t.after(unsubscribe);
     await eventually("live from now", () => c.status() === "live");
-    const sent = [];
+    const sent: number[] = [];
     for (let i = 0; i < 3; i++) sent.push((await publish(stack.ingest.url, "acme")).seq);
     await eventually("the first three", () => c.events.length >= 3);
 
@@ -218,16 +244,16 @@ describe("@spool-live/client against the real services (Node)", () => {
 });
 
 describe("@spool-live/client: onRevalidated", () => {
-  let stack;
-  let target;
+  let stack: Stack;
+  let target: Server;
   before(async () => {
     // The site's revalidation target: answers 200 to every call.
     target = createServer((req, res) => {
       req.resume();
       req.on("end", () => res.writeHead(200, { "content-type": "application/json" }).end("{}"));
     });
-    await new Promise((r) => target.listen(0, "127.0.0.1", r));
-    const url = `http://127.0.0.1:${target.address().port}/api/revalidate`;
+    await new Promise<void>((r) => target.listen(0, "127.0.0.1", r));
+    const url = `http://127.0.0.1:${(target.address() as AddressInfo).port}/api/revalidate`;
     stack = await startStack({
       sites: [site("acme", { revalidate: [{ url, secret: WEBHOOK_SECRET }], notify: "after_revalidate" })],
       services: ["ingest", "delivery", "revalidator"],
@@ -241,8 +267,8 @@ describe("@spool-live/client: onRevalidated", () => {
 
   it("hears which paths are fresh, after the event", async (t) => {
     const c = collector();
-    const notices = [];
-    const order = [];
+    const notices: RevalidatedInfo[] = [];
+    const order: string[] = [];
     const unsubscribe = subscribe({
       url: stack.delivery.url,
       site: "acme",
