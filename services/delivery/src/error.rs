@@ -4,9 +4,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use spool_platform::http::ApiError;
 
-/// Seconds a poller should wait before retrying after a 503.
-pub const RETRY_AFTER_SECS: u64 = 2;
-
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
     #[error("{0}")]
@@ -74,10 +71,7 @@ impl IntoResponse for DeliveryError {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", message)
                     .with_retry_after(after.as_secs().max(1))
             }
-            DeliveryError::Unavailable(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-                    .with_retry_after(RETRY_AFTER_SECS)
-            }
+            DeliveryError::Unavailable(_) => ApiError::unavailable(message),
         };
         error.into_response()
     }

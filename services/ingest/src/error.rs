@@ -2,11 +2,8 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use spool_platform::http::ApiError;
+use spool_platform::http::{AdminAuthError, ApiError};
 use spool_platform::registry::StoreError;
-
-/// Seconds a client should wait before retrying when NATS can't take the write.
-pub const RETRY_AFTER_SECS: u64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -18,8 +15,9 @@ pub enum IngestError {
     RegistryLoading,
     #[error("{0}")]
     Unauthorized(String),
-    #[error("the admin API is disabled: set SPOOL_ADMIN_TOKEN to enable it")]
-    AdminDisabled,
+    /// An admin call without the admin token (the answers are the platform's).
+    #[error("{}", spool_platform::http::ApiError::from(*.0).message)]
+    Admin(AdminAuthError),
     #[error("body is larger than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("the body did not arrive in full within {0:?}")]
@@ -42,7 +40,7 @@ impl IngestError {
         match self {
             IngestError::InvalidSiteId(_) | IngestError::InvalidBody(_) => "bad_request",
             IngestError::UnknownSite(_) => "unknown_site",
-            IngestError::Unauthorized(_) | IngestError::AdminDisabled => "unauthorized",
+            IngestError::Unauthorized(_) | IngestError::Admin(_) => "unauthorized",
             IngestError::TooLarge { .. } => "too_large",
             IngestError::BodyTimeout(_) => "body_timeout",
             IngestError::NotJson => "unsupported_media_type",
@@ -64,9 +62,7 @@ impl IngestError {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_site", message)
             }
             IngestError::Unauthorized(_) => ApiError::unauthorized(message),
-            IngestError::AdminDisabled => {
-                ApiError::new(StatusCode::FORBIDDEN, "admin_disabled", message)
-            }
+            IngestError::Admin(e) => ApiError::from(*e),
             IngestError::TooLarge { .. } => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
             }
@@ -83,8 +79,7 @@ impl IngestError {
             } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
                 .with_retry_after(*retry_after_secs),
             IngestError::RegistryLoading | IngestError::Unavailable(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-                    .with_retry_after(RETRY_AFTER_SECS)
+                ApiError::unavailable(message)
             }
         }
     }

@@ -37,6 +37,9 @@ pub struct ApiError {
     pub retry_after_secs: Option<u64>,
 }
 
+/// Seconds a client is asked to wait after a `503 unavailable` (NATS unreachable or slow).
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
+
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
@@ -50,6 +53,13 @@ impl ApiError {
     pub fn with_retry_after(mut self, secs: u64) -> ApiError {
         self.retry_after_secs = Some(secs);
         self
+    }
+
+    /// `503 unavailable` with `Retry-After` ([`UNAVAILABLE_RETRY_AFTER_SECS`]): NATS can't
+    /// serve the request right now; the same request later will do.
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            .with_retry_after(UNAVAILABLE_RETRY_AFTER_SECS)
     }
 
     pub fn unauthorized(message: impl Into<String>) -> ApiError {

@@ -5,9 +5,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use spool_platform::http::{AdminAuthError, ApiError};
 
-/// Seconds an admin should wait before retrying when NATS can't answer.
-pub const RETRY_AFTER_SECS: u64 = 2;
-
 #[derive(Debug, thiserror::Error)]
 pub enum RevalidatorError {
     #[error("admin authentication: {0:?}")]
@@ -46,10 +43,7 @@ impl RevalidatorError {
             RevalidatorError::ReplayFailed(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "replay_failed", message)
             }
-            RevalidatorError::Unavailable(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-                    .with_retry_after(RETRY_AFTER_SECS)
-            }
+            RevalidatorError::Unavailable(_) => ApiError::unavailable(message),
         }
     }
 }

@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
-use spool_platform::http::{check_admin, AdminAuthError};
+use spool_platform::http::check_admin;
 use spool_proto::site::REDACTED_MARK;
 use spool_proto::{Site, SiteId};
 
@@ -17,13 +17,7 @@ use crate::error::IngestError;
 pub const MAX_SITE_BODY: usize = 1024 * 1024;
 
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), IngestError> {
-    check_admin(state.admin_token.as_deref(), headers).map_err(|e| match e {
-        AdminAuthError::Disabled => IngestError::AdminDisabled,
-        AdminAuthError::Missing => {
-            IngestError::Unauthorized("missing Authorization: Bearer <admin token>".into())
-        }
-        AdminAuthError::Wrong => IngestError::Unauthorized("wrong admin token".into()),
-    })
+    check_admin(state.admin_token.as_deref(), headers).map_err(IngestError::Admin)
 }
 
 fn parse_id(site: String) -> Result<SiteId, IngestError> {
