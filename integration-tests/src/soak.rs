@@ -87,9 +87,12 @@ impl Report {
                 .filter(|s| s.at >= warm)
                 .map(|s| (s.at.as_secs_f64() / 60.0, s.rss[process] as f64))
                 .unzip(),
+            // A process started early backfills a window the stream hasn't filled yet: only
+            // the later half of the lives compare like with like.
             _ => self.end_of_life[process - 2]
                 .iter()
                 .enumerate()
+                .skip(self.end_of_life[process - 2].len() / 2)
                 .map(|(i, kib)| {
                     let minutes = (i + 1) as f64 * self.plan.restart_every.as_secs_f64() / 60.0;
                     (minutes, *kib as f64)
@@ -114,13 +117,22 @@ impl Report {
             self.consumers_at_start,
             self.consumers_at_end,
         );
-        out.push_str("| process | RSS first (KiB) | RSS last (KiB) | growth (KiB/min) |\n|---|---:|---:|---:|\n");
+        out.push_str("| process | RSS first (KiB) | RSS last (KiB) | growth (KiB/min) | RSS each minute (MiB) |\n|---|---:|---:|---:|---|\n");
         for (i, name) in PROCESSES.iter().enumerate() {
             let first = self.samples.first().map_or(0, |s| s.rss[i]);
             let last = self.samples.last().map_or(0, |s| s.rss[i]);
+            let mut minutes = Vec::new();
+            let mut next = Duration::ZERO;
+            for sample in &self.samples {
+                if sample.at >= next {
+                    minutes.push(format!("{:.1}", sample.rss[i] as f64 / 1024.0));
+                    next += Duration::from_secs(60);
+                }
+            }
             out.push_str(&format!(
-                "| {name} | {first} | {last} | {:.0} |\n",
-                self.kib_per_minute(i)
+                "| {name} | {first} | {last} | {:.0} | {} |\n",
+                self.kib_per_minute(i),
+                minutes.join(" ")
             ));
         }
         out
