@@ -30,6 +30,9 @@ pub struct CallOutcome {
     pub status: Option<u16>,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    /// The revalidator process that made the call (its instance name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 /// A revalidation target's key: a hash of its site and URL, the same in every service and

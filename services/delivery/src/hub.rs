@@ -590,6 +590,7 @@ mod tests {
             tags: vec![],
             ok: true,
             status: Some(200),
+            replica: None,
             at: time::OffsetDateTime::now_utc(),
         }
     }

@@ -151,6 +151,7 @@ mod tests {
             tags: tags.iter().map(|t| t.to_string()).collect(),
             ok,
             status: Some(200),
+            replica: None,
             at: time::macros::datetime!(2026-11-25 10:00:01 UTC),
         }
     }

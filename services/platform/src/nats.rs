@@ -89,6 +89,61 @@ impl Disconnects {
     }
 }
 
+/// The pause between two attempts of NATS work: doubling from 100 ms to at most `max`.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Backoff {
+        Backoff {
+            next: Duration::from_millis(100),
+            max,
+        }
+    }
+
+    /// Waits the pause (false: `shutdown` came first) and doubles the next one.
+    async fn wait(&mut self, shutdown: &tokio_util::sync::CancellationToken) -> bool {
+        let pause = self.next;
+        self.next = (self.next * 2).min(self.max);
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => true,
+            _ = shutdown.cancelled() => false,
+        }
+    }
+}
+
+/// Runs `attempt` until it succeeds — after a failure, again after a pause doubling from
+/// 100 ms to at most 5 s — and returns its value; `None` if `shutdown` came first. For the
+/// one-off NATS work of a start-up (provisioning).
+pub async fn retry_until_ok<T, F, Fut>(
+    what: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut attempt: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut backoff = Backoff::new(Duration::from_secs(5));
+    loop {
+        let result = tokio::select! {
+            r = attempt() => r,
+            _ = shutdown.cancelled() => return None,
+        };
+        match result {
+            Ok(value) => return Some(value),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff.next, "{what} failed; retrying");
+            }
+        }
+        if !backoff.wait(shutdown).await {
+            return None;
+        }
+    }
+}
+
 /// Runs `attempt` until `shutdown`, starting it again whenever it ends (it should run for
 /// ever: an end is a failure) or the connection drops, after a pause doubling from 100 ms
 /// to at most 2 s. `after` runs after every end (to say "not ready", say). For the
@@ -103,7 +158,7 @@ pub async fn keep_running<F, Fut>(
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_secs(2));
     while !shutdown.is_cancelled() {
         let result = tokio::select! {
             r = attempt() => r,
@@ -112,13 +167,11 @@ pub async fn keep_running<F, Fut>(
         };
         after();
         if let Err(e) = result {
-            tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "{what} interrupted; starting over");
+            tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff.next, "{what} interrupted; starting over");
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.cancelled() => return,
+        if !backoff.wait(shutdown).await {
+            return;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 

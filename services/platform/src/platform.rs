@@ -23,7 +23,26 @@ pub struct Platform {
     pub registry: SiteRegistry,
     pub readiness: Readiness,
     pub shutdown: CancellationToken,
+    /// This process among the replicas: its host's name (a pod's name in Kubernetes) and a
+    /// random suffix, e.g. `spool-revalidator-7d9f-x2k4q-3fa81c`. Records name it.
+    pub instance: Arc<str>,
     bucket: Arc<OnceLock<kv::Store>>,
+}
+
+/// `<host>-<6 random hex digits>`: the host from `HOSTNAME` (Kubernetes sets the pod's name)
+/// or `/etc/hostname`, and a suffix that tells apart processes on one host.
+fn instance_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "spool".to_owned());
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!("{host}-{:06x}", random & 0xff_ffff)
 }
 
 impl Platform {
@@ -53,6 +72,7 @@ impl Platform {
             jetstream,
             registry: SiteRegistry::default(),
             shutdown,
+            instance: instance_name().into(),
             bucket: Arc::default(),
         };
         tokio::spawn(platform.clone().bring_up(sites));
@@ -75,29 +95,13 @@ impl Platform {
     }
 
     async fn bring_up(self, sites: Vec<Site>) {
-        let mut backoff = Duration::from_millis(100);
-        let store = loop {
-            let attempt = async {
-                let store = crate::nats::provision(&self.jetstream, &self.config.streams).await?;
-                registry::apply_sites(&store, &sites).await?;
-                anyhow::Ok(store)
-            };
-            let result = tokio::select! {
-                r = attempt => r,
-                _ = self.shutdown.cancelled() => return,
-            };
-            match result {
-                Ok(store) => break store,
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "provisioning failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = self.shutdown.cancelled() => return,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
+        let provisioned = crate::nats::retry_until_ok("provisioning", &self.shutdown, || async {
+            let store = crate::nats::provision(&self.jetstream, &self.config.streams).await?;
+            registry::apply_sites(&store, &sites).await?;
+            anyhow::Ok(store)
+        })
+        .await;
+        let Some(store) = provisioned else { return };
         tracing::info!("streams and site registry provisioned");
         self.readiness.set_provisioned();
         let _ = self.bucket.set(store.clone());

@@ -18,7 +18,7 @@ use crate::redact::redact_url;
 /// Longest wait for JetStream to store a record.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The record of a call.
+/// The record of a call (the caller names itself in `replica`).
 pub fn outcome_of(
     site: &SiteId,
     target: &RevalidateTarget,
@@ -40,6 +40,7 @@ pub fn outcome_of(
         ok: result.status.is_some_and(|s| (200..300).contains(&s)),
         status: result.status,
         at: time::OffsetDateTime::now_utc(),
+        replica: None,
     }
 }
 

@@ -573,8 +573,9 @@ impl Worker {
             span.record("otel.status_code", "ERROR");
         }
         let seqs = events.iter().map(|e| e.seq).collect();
-        let outcome =
+        let mut outcome =
             crate::outcomes::outcome_of(&site, &target, &webhook_id, attempt, seqs, &body, &result);
+        outcome.replica = Some(self.platform.instance.to_string());
         // The trace the site received, so the record joins the same trace.
         let trace = traceparent
             .map(|t| vec![("traceparent".to_owned(), t)])
