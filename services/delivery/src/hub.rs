@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
-use spool_platform::health::Readiness;
 use spool_platform::nats::Disconnects;
 use spool_platform::registry::SiteRegistry;
 use spool_platform::trace;
@@ -384,14 +383,13 @@ pub async fn run_feed(
     js: jetstream::Context,
     disconnects: Disconnects,
     registry: SiteRegistry,
-    readiness: Readiness,
     hub: Arc<Hub>,
     shutdown: CancellationToken,
 ) {
     // Each event is encoded once, with its site's public fields: none before the registry
     // has loaded (an event encoded without its site would show visitors the defaults).
     tokio::select! {
-        _ = readiness.registry_loaded_wait() => {}
+        _ = registry.loaded_wait() => {}
         _ = shutdown.cancelled() => {
             hub.close();
             return;

@@ -82,7 +82,6 @@ impl Application {
             platform.jetstream.clone(),
             platform.disconnects.clone(),
             platform.registry.clone(),
-            platform.readiness.clone(),
             hub.clone(),
             shutdown,
         ));

@@ -12,8 +12,7 @@ type Check = Box<dyn Fn() -> bool + Send + Sync>;
 pub struct Readiness {
     client: async_nats::Client,
     provisioned: Arc<AtomicBool>,
-    /// The registry holds the whole bucket: a watch, so that work can wait for it.
-    registry_synced: Arc<tokio::sync::watch::Sender<bool>>,
+    registry: crate::registry::SiteRegistry,
     /// A service's own conditions: (what is missing when false, the check).
     extra: Arc<RwLock<Vec<(&'static str, Check)>>>,
     /// A NATS blip shorter than this is not reported (see [`Readiness::set_nats_grace`]).
@@ -41,11 +40,11 @@ fn lenient(ok: bool, since: &mut Option<Instant>, now: Instant, grace: Duration)
 }
 
 impl Readiness {
-    pub fn new(client: async_nats::Client) -> Readiness {
+    pub fn new(client: async_nats::Client, registry: crate::registry::SiteRegistry) -> Readiness {
         Readiness {
             client,
             provisioned: Arc::default(),
-            registry_synced: Arc::new(tokio::sync::watch::Sender::new(false)),
+            registry,
             extra: Arc::default(),
             grace: Arc::default(),
         }
@@ -80,22 +79,6 @@ impl Readiness {
         self.provisioned.store(true, Ordering::Release);
     }
 
-    pub fn set_registry_synced(&self, synced: bool) {
-        self.registry_synced.send_replace(synced);
-    }
-
-    /// The registry holds the whole bucket (an unknown site is really unknown).
-    pub fn registry_loaded(&self) -> bool {
-        *self.registry_synced.borrow()
-    }
-
-    /// Resolves once the registry has loaded the whole bucket (at once if it has).
-    pub async fn registry_loaded_wait(&self) {
-        let mut synced = self.registry_synced.subscribe();
-        // The sender lives as long as `self`: the wait can't fail while we hold it.
-        let _ = synced.wait_for(|loaded| *loaded).await;
-    }
-
     pub fn nats_connected(&self) -> bool {
         self.client.connection_state() == State::Connected
     }
@@ -120,7 +103,7 @@ impl Readiness {
                 registry_was_loaded,
                 unsynced,
             } = &mut *grace;
-            let loaded = self.registry_loaded();
+            let loaded = self.registry.is_loaded();
             *registry_was_loaded |= loaded;
             (
                 lenient(self.nats_connected(), disconnected, now, *length),

@@ -64,13 +64,14 @@ impl Platform {
         crate::metrics::handle();
         let (client, disconnects) = crate::nats::connect(&config, service).await?;
         let jetstream = jetstream::new(client.clone());
+        let registry = SiteRegistry::default();
         let platform = Platform {
             config: Arc::new(config),
-            readiness: Readiness::new(client.clone()),
+            readiness: Readiness::new(client.clone(), registry.clone()),
             client,
             disconnects,
             jetstream,
-            registry: SiteRegistry::default(),
+            registry,
             shutdown,
             instance: instance_name().into(),
             bucket: Arc::default(),
@@ -105,14 +106,8 @@ impl Platform {
         tracing::info!("streams and site registry provisioned");
         self.readiness.set_provisioned();
         let _ = self.bucket.set(store.clone());
-        let readiness = self.readiness.clone();
         self.registry
-            .follow(
-                &self.disconnects,
-                store,
-                self.shutdown.clone(),
-                move |synced| readiness.set_registry_synced(synced),
-            )
+            .follow(&self.disconnects, store, self.shutdown.clone())
             .await;
     }
 }

@@ -25,6 +25,9 @@ pub struct SiteRegistry {
     sites: Arc<RwLock<HashMap<String, Slot>>>,
     /// Bumped on every change of any site (see [`SiteRegistry::changes`]).
     changed: Arc<tokio::sync::watch::Sender<u64>>,
+    /// It holds the whole bucket (read in full since the last (re)connection): a site it
+    /// doesn't have is really unknown. A watch, so that work can wait for it.
+    loaded: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Default for SiteRegistry {
@@ -32,8 +35,19 @@ impl Default for SiteRegistry {
         SiteRegistry {
             sites: Arc::default(),
             changed: Arc::new(tokio::sync::watch::channel(0).0),
+            loaded: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
+}
+
+/// What the registry knows of a site id.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    Found(Arc<Site>),
+    /// Not here, but the registry is (re)loading the bucket: it may be, in a moment.
+    Loading,
+    /// Not in the bucket.
+    Unknown,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +59,27 @@ pub enum StoreError {
 }
 
 impl SiteRegistry {
+    /// The site, or whether its absence means anything yet: what a request for a site asks.
+    pub fn lookup(&self, id: &str) -> Lookup {
+        match self.get(id) {
+            Some(site) => Lookup::Found(site),
+            None if !self.is_loaded() => Lookup::Loading,
+            None => Lookup::Unknown,
+        }
+    }
+
+    /// The registry holds the whole bucket (an unknown site is really unknown).
+    pub fn is_loaded(&self) -> bool {
+        *self.loaded.borrow()
+    }
+
+    /// Resolves once the registry holds the whole bucket (at once if it does).
+    pub async fn loaded_wait(&self) {
+        let mut loaded = self.loaded.subscribe();
+        // The sender lives as long as `self`: the wait can't fail while we hold it.
+        let _ = loaded.wait_for(|loaded| *loaded).await;
+    }
+
     /// The current site, if it exists. Cheap: a read lock and an `Arc` clone.
     pub fn get(&self, id: &str) -> Option<Arc<Site>> {
         let sites = self.sites.read().unwrap_or_else(PoisonError::into_inner);
@@ -98,30 +133,26 @@ impl SiteRegistry {
     }
 
     /// Loads the whole bucket, then follows its changes until `shutdown`; on any watch
-    /// failure or lost connection (NATS restart, ...) starts over. `on_synced` runs after
-    /// each full load.
+    /// failure or lost connection (NATS restart, ...) starts over, not loaded meanwhile.
     pub async fn follow(
         &self,
         disconnects: &crate::nats::Disconnects,
         store: kv::Store,
         shutdown: CancellationToken,
-        on_synced: impl Fn(bool),
     ) {
         crate::nats::keep_running(
             "site registry watch",
             disconnects,
             &shutdown,
-            || self.sync_and_watch(&store, &on_synced),
-            || on_synced(false),
+            || self.sync_and_watch(&store),
+            || {
+                self.loaded.send_replace(false);
+            },
         )
         .await;
     }
 
-    async fn sync_and_watch(
-        &self,
-        store: &kv::Store,
-        on_synced: &impl Fn(bool),
-    ) -> anyhow::Result<()> {
+    async fn sync_and_watch(&self, store: &kv::Store) -> anyhow::Result<()> {
         // Everything after `last` arrives through the watch; everything up to it is read now.
         let status = store.status().await.context("bucket status")?;
         let last = status.info.state.last_sequence;
@@ -135,7 +166,7 @@ impl SiteRegistry {
             }
         }
         self.forget_missing(&present, last);
-        on_synced(true);
+        self.loaded.send_replace(true);
         let mut watch = store
             .watch_all_from_revision(last + 1)
             .await

@@ -331,7 +331,7 @@ impl Worker {
     /// shortly; if the bucket doesn't, the site is gone and nobody is called.
     async fn unknown_site(&self, message: &jetstream::Message, site: &SiteId) {
         let gone = match self.platform.sites_bucket() {
-            Some(bucket) if self.platform.readiness.registry_loaded() => {
+            Some(bucket) if self.platform.registry.is_loaded() => {
                 matches!(bucket.get(site.as_str()).await, Ok(None))
             }
             _ => false,

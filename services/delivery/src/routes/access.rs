@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use std::time::SystemTime;
 
 use spool_platform::http::bearer_token;
+use spool_platform::registry::Lookup;
 use spool_proto::signing::SigningKey;
 use spool_proto::{Site, SiteId};
 
@@ -21,13 +22,12 @@ use jsonwebtoken::Algorithm;
 /// The site of a request, or why not.
 pub fn site(state: &AppState, site: String) -> Result<Arc<Site>, DeliveryError> {
     let id = SiteId::parse(site).map_err(DeliveryError::InvalidSiteId)?;
-    let platform = &state.platform;
-    match platform.registry.get(id.as_str()) {
-        Some(site) => Ok(site),
-        None if !platform.readiness.registry_loaded() => Err(DeliveryError::Unavailable(
+    match state.platform.registry.lookup(id.as_str()) {
+        Lookup::Found(site) => Ok(site),
+        Lookup::Loading => Err(DeliveryError::Unavailable(
             "the site registry is still loading".into(),
         )),
-        None => Err(DeliveryError::UnknownSite(id.to_string())),
+        Lookup::Unknown => Err(DeliveryError::UnknownSite(id.to_string())),
     }
 }
 

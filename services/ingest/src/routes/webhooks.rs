@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 use spool_platform::rate::retry_after_secs;
+use spool_platform::registry::Lookup;
 use spool_proto::signing::{SigningKey, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use spool_proto::{mapping, SiteId, WebhookPayload};
 use time::OffsetDateTime;
@@ -54,10 +55,10 @@ async fn handle(
 ) -> Result<(StatusCode, serde_json::Value), IngestError> {
     let site_id = SiteId::parse(site).map_err(IngestError::InvalidSiteId)?;
     let platform = &state.platform;
-    let site = match platform.registry.get(site_id.as_str()) {
-        Some(site) => site,
-        None if !platform.readiness.registry_loaded() => return Err(IngestError::RegistryLoading),
-        None => return Err(IngestError::UnknownSite(site_id.to_string())),
+    let site = match platform.registry.lookup(site_id.as_str()) {
+        Lookup::Found(site) => site,
+        Lookup::Loading => return Err(IngestError::RegistryLoading),
+        Lookup::Unknown => return Err(IngestError::UnknownSite(site_id.to_string())),
     };
     require_json(headers)?;
     let body = read_body(headers, body, MAX_BODY, state.body_timeout).await?;
