@@ -36,6 +36,8 @@ release:
 
 fmt:
 	cargo fmt --all
+	@if [ -d clients/js/node_modules ]; then cd clients/js && npm run --silent format; \
+	  else echo "clients/js: run make js-test once (npm ci) to format the TypeScript too"; fi
 
 lint:
 	cargo fmt --all -- --check
@@ -63,13 +65,13 @@ demo-webhook:
 	@python3 scripts/demo-webhook.py
 
 bench-ingest: tools release
-	cargo run --release -p spool-integration-tests --example ingest_load -- $(ARGS)
+	cargo run --release -p spool-bench -- ingest $(ARGS)
 
 bench-delivery: tools release
-	cargo run --release -p spool-integration-tests --example delivery_load -- $(ARGS)
+	cargo run --release -p spool-bench -- delivery $(ARGS)
 
 bench-revalidator: tools release
-	cargo run --release -p spool-integration-tests --example revalidator_load -- $(ARGS)
+	cargo run --release -p spool-bench -- revalidator $(ARGS)
 
 # The benchmark suite (issue #7): Spool Live against a bare SSE broadcast on this machine.
 # Results in results/ (Markdown, JSON, SVG). `make bench-quick` is the short run.

@@ -3,7 +3,8 @@
 //! ratios to that baseline. Results go to `results/` as Markdown, JSON and an SVG plot.
 //!
 //! `spool-bench [--quick] [--runs N] [--out results]`; `spool-bench baseline` is the bare
-//! server (started by the suite as a process of its own).
+//! server (started by the suite as a process of its own); `spool-bench ingest|delivery|
+//! revalidator [ARGS]` are the focused load tools ([`tools`]).
 //!
 //! `spool-bench --latency STREAMS RATE [--seconds S] [--runs N]` measures one latency row,
 //! for both systems, and only prints it (to rerun a row, or to profile the servers under it).
@@ -24,6 +25,7 @@ mod baseline;
 mod report;
 mod scenarios;
 mod sse_load;
+mod tools;
 
 use std::time::Duration;
 
@@ -39,6 +41,17 @@ async fn main() -> anyhow::Result<()> {
         baseline::serve(listener).await;
         return Ok(());
     }
+    match args.get(1).map(String::as_str) {
+        Some("ingest") => tools::ingest::main().await,
+        Some("delivery") => tools::delivery::main().await,
+        Some("revalidator") => tools::revalidator::main().await,
+        _ => return run_suite(&args).await,
+    }
+    Ok(())
+}
+
+/// The suite, or one of its rows (see the module's documentation).
+async fn run_suite(args: &[String]) -> anyhow::Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let runs: usize = spool_integration_tests::cli_arg("--runs", if quick { 1 } else { 3 });
     let out: String = spool_integration_tests::cli_arg("--out", "results".to_string());

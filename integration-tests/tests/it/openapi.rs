@@ -349,7 +349,7 @@ async fn the_ingest_router_serves_every_route() {
 async fn the_delivery_router_serves_every_route() {
     use spool_delivery::history::{History, ReadLimits};
     use spool_delivery::hub::Hub;
-    use spool_delivery::routes::{router, AppState, SiteStreams, StreamSettings, ROUTES};
+    use spool_delivery::routes::{router, AppState, ReadSettings, SiteStreams, ROUTES};
 
     let build = |platform: Platform| {
         router(AppState {
@@ -363,7 +363,7 @@ async fn the_delivery_router_serves_every_route() {
                 },
             ),
             hub: Arc::new(Hub::new(16, 1 << 20, 16)),
-            settings: Arc::new(StreamSettings {
+            settings: Arc::new(ReadSettings {
                 heartbeat: Duration::from_secs(15),
                 retry: Duration::from_secs(3),
                 busy_retry: Duration::from_secs(10),

@@ -96,7 +96,7 @@ impl Application {
                 },
             ),
             hub,
-            settings: Arc::new(routes::StreamSettings {
+            settings: Arc::new(routes::ReadSettings {
                 heartbeat: config.heartbeat,
                 retry: config.sse_retry,
                 busy_retry: config.busy_retry,

@@ -32,9 +32,10 @@ pub const ROUTES: &[(Method, &str)] = &[
     (Method::GET, "/metrics"),
 ];
 
-/// Settings of the SSE sessions.
+/// How readers are paced: the SSE sessions' heartbeat, `retry:` and life, and what a reader
+/// turned away is asked to wait (SSE and poll).
 #[derive(Debug, Clone)]
-pub struct StreamSettings {
+pub struct ReadSettings {
     pub heartbeat: Duration,
     pub retry: Duration,
     /// How long a reader turned away by the history-read limits is asked to wait.
@@ -48,7 +49,7 @@ pub struct AppState {
     pub platform: Platform,
     pub hub: Arc<Hub>,
     pub history: History,
-    pub settings: Arc<StreamSettings>,
+    pub settings: Arc<ReadSettings>,
     pub streams: Arc<SiteStreams>,
     /// The sites' JWKS, for asymmetric subscriber tokens.
     pub jwks: Arc<JwksCache>,

@@ -5,20 +5,15 @@
 //! `make bench-ingest ARGS="--requests 20000 --concurrency 64"`
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use spool_integration_tests::nats_server::NatsServer;
 use spool_integration_tests::services::{ingest_config, TestIngest};
 use spool_integration_tests::webhook::Webhook;
-use spool_integration_tests::{cli_arg, site_json};
+use spool_integration_tests::{cli_arg, percentile, site_json};
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-#[tokio::main]
-async fn main() {
+/// Runs the tool with the command line's arguments.
+pub async fn main() {
     let requests: usize = cli_arg("--requests", 20_000);
     let concurrency: usize = cli_arg("--concurrency", 64);
     let nats = NatsServer::start().await;

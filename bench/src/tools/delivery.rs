@@ -24,8 +24,8 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
 }
 
-#[tokio::main]
-async fn main() {
+/// Runs the tool with the command line's arguments.
+pub async fn main() {
     let streams: usize = cli_arg("--streams", 1000);
     let rate: u64 = cli_arg("--rate", 100);
     let seconds: u64 = cli_arg("--seconds", 10);

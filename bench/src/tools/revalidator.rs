@@ -91,8 +91,8 @@ async fn run(label: &str, events: usize, extra_env: &[(&str, String)]) {
     );
 }
 
-#[tokio::main]
-async fn main() {
+/// Runs the tool with the command line's arguments.
+pub async fn main() {
     let events: usize = cli_arg("--events", 5000);
     run("coalescing 100 ms / 500", events, &[]).await;
     run(
