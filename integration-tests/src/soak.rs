@@ -139,6 +139,54 @@ impl Report {
     }
 }
 
+/// The report file: what ran, where, and the tables ([`Report::markdown`]).
+pub fn document(report: &Report) -> String {
+    let read = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let plan = &report.plan;
+    format!(
+        "# Soak: steady writes, random disconnects, restarts\n\n\
+         {date} on {cpu} ({cores} cores), Linux {kernel}; {rustc}; {nats}. Command: `make soak` \
+         ({secs} s, {rate} webhooks/s, {readers} readers, a restart every {restart} s; \
+         `SPOOL_SOAK_SECS`, `SPOOL_SOAK_RATE`, `SPOOL_SOAK_READERS`, `SPOOL_SOAK_RESTART_SECS`).\n\n\
+         One nats-server and the three services as processes of the release build; one site whose \
+         revalidation target answers `200`. A writer sends signed webhooks one after another, each \
+         retried with the same id until stored; SSE readers start from the beginning of the stream, \
+         drop their connection at random and resume from their last id, at whichever delivery is up; \
+         the delivery and the revalidator are replaced at every restart, by turns a rolling restart \
+         (the new process ready, then SIGTERM to the old) and a crash (SIGKILL). Then every \
+         acknowledged event must have reached every reader exactly once and in order, and the target \
+         at least once, and the consumers must be back to their number at start \
+         ([integration-tests/src/soak.rs](../integration-tests/src/soak.rs)).\n\n{tables}\n\
+         Growth is the Theil–Sen slope after the first quarter of the run; for the restarted \
+         services, of the RSS at the end of each process's life over the later half of the lives \
+         (the first ones backfill a window the stream has not filled yet). The run fails if a \
+         service grows 512 KiB a minute or more; nats-server keeps what it stores (the events, the \
+         call records, the message ids of the duplicate window) and is reported, not judged.\n",
+        date = time::OffsetDateTime::now_utc().date(),
+        kernel = read("uname", &["-r"]),
+        rustc = read("rustc", &["--version"]),
+        nats = read(&crate::nats_server::binary().display().to_string(), &["--version"]),
+        secs = plan.duration.as_secs(),
+        rate = plan.rate,
+        readers = plan.readers,
+        restart = plan.restart_every.as_secs(),
+        tables = report.markdown(),
+    )
+}
+
 /// What the readers and the restarts share.
 struct Shared {
     /// The delivery's current base URL (a restart moves it, as a load balancer would).

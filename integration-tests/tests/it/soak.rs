@@ -30,7 +30,8 @@ async fn every_event_reaches_every_reader_once_through_restarts_and_random_disco
     let report = run(plan).await;
     eprintln!("{}", report.markdown());
     if let Ok(path) = std::env::var("SPOOL_SOAK_REPORT") {
-        std::fs::write(&path, report.markdown()).expect("writing the soak report");
+        std::fs::write(&path, spool_integration_tests::soak::document(&report))
+            .expect("writing the soak report");
     }
     assert!(report.acked > 0);
     assert_eq!(report.lost, 0, "lost events\n{}", report.markdown());
