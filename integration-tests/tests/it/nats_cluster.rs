@@ -1,0 +1,191 @@
+//! Cluster faults (issue #16): the three services on a 3-node JetStream cluster of real
+//! `nats-server` processes, every stream and bucket R3, `NATS_URL` listing the three nodes.
+//! While a CMS writes webhooks (retrying `5xx` and unanswered requests with the same id),
+//! an SSE reader and a long-poll reader follow the site and the revalidator calls a target,
+//! the nodes are killed, restarted and paused; afterwards every webhook answered `2xx` was
+//! delivered to each reader exactly once and in order, and revalidated at least once.
+//!
+//! Run with `-- --nocapture` for the figures (`FAULTS | ...` lines, as in results/faults.md).
+
+use std::time::{Duration, Instant};
+
+use spool_integration_tests::faults::{self, BaseUrl, Follower, Writer};
+use spool_integration_tests::nats_cluster::NatsCluster;
+use spool_integration_tests::receiver::TestReceiver;
+use spool_integration_tests::services::{
+    delivery_config, ingest_config, revalidator_config, TestService,
+};
+use spool_integration_tests::site_json;
+use spool_proto::names::{
+    DLQ_STREAM, EVENTS_STREAM, OUTCOMES_STREAM, RETRY_STREAM, SITES_BUCKET, TARGETS_BUCKET,
+};
+
+const SITE: &str = "acme";
+const TOKEN: &str = "rk_test_acme_0123456789";
+/// Longest a step may take: an election (4 to 9 s in nats-server), a node catching up, the
+/// clients moving to another node.
+const STEP: Duration = Duration::from_secs(60);
+/// Webhooks acknowledged after each fault before the next: the system takes writes again.
+const PROGRESS: usize = 20;
+
+fn log(started: Instant, what: &str) {
+    println!("[{:>6.1}s] {what}", started.elapsed().as_secs_f64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r3_cluster_loses_and_duplicates_nothing_through_leader_follower_and_meta_leader_kills_and_a_paused_node(
+) {
+    let started = Instant::now();
+    let mut cluster = NatsCluster::start().await;
+    let urls = cluster.urls();
+    log(started, &format!("cluster up: {urls}"));
+
+    let target = TestReceiver::start([]).await;
+    let mut site = site_json(SITE);
+    site["revalidate"] = serde_json::json!([target.target(None)]);
+    let mut config = ingest_config(&urls);
+    config.common.streams.replicas = 3;
+    let ingest = TestService::start(config).await;
+    ingest.put_site(&site).await;
+    let mut config = delivery_config(&urls);
+    config.common.streams.replicas = 3;
+    let delivery = TestService::start_delivery(config).await;
+    let mut config = revalidator_config(&urls);
+    config.common.streams.replicas = 3;
+    let _revalidator = TestService::start_revalidator(config).await;
+    for stream in [
+        EVENTS_STREAM,
+        DLQ_STREAM,
+        RETRY_STREAM,
+        OUTCOMES_STREAM,
+        &format!("KV_{SITES_BUCKET}"),
+        &format!("KV_{TARGETS_BUCKET}"),
+    ] {
+        assert_eq!(cluster.stream_replicas(stream).await, 3, "{stream}");
+    }
+
+    let http = reqwest::Client::new();
+    let readers = [
+        Follower::sse(&http, &BaseUrl::new(&delivery.base_url), SITE, TOKEN),
+        Follower::poll(&http, &BaseUrl::new(&delivery.base_url), SITE, TOKEN),
+    ];
+    let writer = Writer::start(
+        &http,
+        &BaseUrl::new(&ingest.base_url),
+        SITE,
+        "c",
+        2,
+        Duration::from_millis(20),
+    );
+    writer.wait_progress(PROGRESS, STEP).await;
+    log(
+        started,
+        &format!("{} acknowledged before any fault", writer.acked()),
+    );
+
+    // The stream leader, then a follower: with two of three nodes gone there is no quorum
+    // and nothing can be acknowledged until one is back.
+    let leader = cluster.stream_leader(EVENTS_STREAM).await;
+    cluster.kill9(&leader).await;
+    log(started, &format!("SIGKILL stream leader {leader}"));
+    writer.wait_progress(PROGRESS, STEP).await;
+    let new_leader = cluster.stream_leader(EVENTS_STREAM).await;
+    log(
+        started,
+        &format!(
+            "{} acknowledged; new stream leader {new_leader}",
+            writer.acked()
+        ),
+    );
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|n| *n != new_leader)
+        .expect("a follower");
+    cluster.kill9(&follower).await;
+    log(started, &format!("SIGKILL follower {follower}: no quorum"));
+    writer.wait_failures(2, STEP).await;
+    cluster.restart(&leader).await;
+    cluster.restart(&follower).await;
+    log(started, &format!("restarted {leader} and {follower}"));
+    writer.wait_progress(PROGRESS, STEP).await;
+    log(started, &format!("{} acknowledged", writer.acked()));
+
+    // The meta leader.
+    let meta = cluster.meta_leader().await;
+    cluster.kill9(&meta).await;
+    log(started, &format!("SIGKILL meta leader {meta}"));
+    writer.wait_progress(PROGRESS, STEP).await;
+    cluster.restart(&meta).await;
+    log(
+        started,
+        &format!("{} acknowledged; restarted {meta}", writer.acked()),
+    );
+    writer.wait_progress(PROGRESS, STEP).await;
+
+    // A node paused past the election timeout: the one the ingest is connected to, made
+    // the stream's leader first, until the others have elected another. The ingest must
+    // notice that its node no longer answers and move to another.
+    let leader = cluster.node_of_client("spool-ingest").await;
+    cluster.move_stream_leader(EVENTS_STREAM, &leader).await;
+    cluster.pause(&leader);
+    log(started, &format!("SIGSTOP stream leader {leader}"));
+    let new_leader = cluster
+        .stream_leader_other_than(EVENTS_STREAM, Some(&leader))
+        .await;
+    log(started, &format!("new stream leader {new_leader}"));
+    writer.wait_progress(PROGRESS, STEP).await;
+    cluster.resume(&leader).await;
+    log(
+        started,
+        &format!("{} acknowledged; SIGCONT {leader}", writer.acked()),
+    );
+    writer.wait_progress(PROGRESS, STEP).await;
+
+    let written = writer.stop().await;
+    let acked = written.acked();
+    let last_seq = acked.values().copied().max().expect("some acknowledged");
+    faults::wait_followers(&readers, last_seq, STEP).await;
+    log(started, "readers caught up");
+    let seqs: Vec<u64> = acked.values().copied().collect();
+    let calls = target.wait_seqs(&seqs, STEP).await;
+    log(started, "every event revalidated");
+
+    let node = cluster.running().pop().expect("a running node");
+    let stored = faults::stored(
+        &faults::stored_events(&cluster.url(&node), SITE).await,
+        &acked,
+    );
+    let mut delivered = Vec::new();
+    for reader in readers {
+        let followed = reader.stop().await;
+        delivered.push((
+            format!("{} (reconnects {})", followed.kind, followed.reconnects),
+            faults::delivered(&followed.got, &acked),
+        ));
+    }
+    let revalidated = faults::revalidated(&calls, &acked);
+    faults::report(
+        "3-node R3 cluster: SIGKILL stream leader, then a follower (no quorum), restart both; SIGKILL + restart meta leader; SIGSTOP stream leader past the election, SIGCONT",
+        &written,
+        stored,
+        &delivered,
+    );
+    println!("  revalidated {revalidated:?} ({} calls)", calls.len());
+    log(started, "done");
+
+    assert_eq!(
+        written.acked().len(),
+        written.written(),
+        "a webhook was never acknowledged"
+    );
+    assert_eq!(stored.lost, 0, "{stored:?}");
+    assert_eq!(stored.duplicated, 0, "{stored:?}");
+    for (name, d) in &delivered {
+        assert_eq!(d.lost, 0, "{name}: {d:?}");
+        assert_eq!(d.duplicated, 0, "{name}: {d:?}");
+        assert_eq!(d.out_of_order, 0, "{name}: {d:?}");
+        assert_eq!(d.wrong_seq, 0, "{name}: {d:?}");
+    }
+    assert_eq!(revalidated.missing, 0, "{revalidated:?}");
+}
