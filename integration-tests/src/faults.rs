@@ -20,7 +20,8 @@ use crate::eventually;
 use crate::webhook::Webhook;
 
 /// How long a client waits before trying again after an error: the CMS's retry delay, an
-/// EventSource's `retry:`. A behaviour of the client, not a wait for readiness.
+/// EventSource's before the server sent a `retry:`. A behaviour of the client, not a wait
+/// for readiness.
 const CLIENT_RETRY: Duration = Duration::from_millis(100);
 
 /// A CMS gives up on a webhook after this long (it stays "written, not acknowledged").
@@ -277,15 +278,17 @@ impl Follower {
             async move {
                 let mut out = Vec::new();
                 let mut last_id: Option<String> = None;
+                // The server's `retry:`, as EventSource keeps it.
+                let mut retry = CLIENT_RETRY;
                 let mut first = true;
                 'connect: while !stop.is_cancelled() {
                     if !first {
                         reconnects.fetch_add(1, Ordering::Relaxed);
-                        // Spread, so that a thousand readers cut at once don't all come
-                        // back in the same millisecond.
-                        let jitter = Duration::from_millis(rand::random_range(0..200));
+                        // Spread over half as long again, so that a thousand readers cut
+                        // at once don't all come back in the same millisecond.
+                        let wait = retry.mul_f64(rand::random_range(1.0..1.5));
                         tokio::select! {
-                            _ = tokio::time::sleep(CLIENT_RETRY + jitter) => {}
+                            _ = tokio::time::sleep(wait) => {}
                             _ = stop.cancelled() => break,
                         }
                     }
@@ -315,6 +318,9 @@ impl Follower {
                         };
                         if !event.id.is_empty() {
                             last_id = Some(event.id.clone());
+                        }
+                        if let Some(hint) = event.retry {
+                            retry = hint;
                         }
                         match event.event.as_str() {
                             "message" => {
@@ -358,11 +364,8 @@ impl Follower {
                     };
                     let Ok(page) = answer else {
                         reconnects.fetch_add(1, Ordering::Relaxed);
-                        // Spread, so that a thousand readers cut at once don't all come
-                        // back in the same millisecond.
-                        let jitter = Duration::from_millis(rand::random_range(0..200));
                         tokio::select! {
-                            _ = tokio::time::sleep(CLIENT_RETRY + jitter) => {}
+                            _ = tokio::time::sleep(CLIENT_RETRY) => {}
                             _ = stop.cancelled() => break,
                         }
                         continue;

@@ -142,7 +142,9 @@ async fn delivery_kill_9_with_1000_open_streams_resumes_each_from_its_last_event
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let sites = write_sites_file(dir.path(), &[site_json(SITE)]);
-    let env = env(&nats, &sites);
+    let mut env = env(&nats, &sites);
+    // The `retry:` the readers wait before they reconnect (3 s by default).
+    env.push(("SPOOL_SSE_RETRY", "500ms".into()));
     let ingest = TestService::start(ingest_config(&nats.url())).await;
     let mut delivery = ServiceProcess::start("spool-delivery", &env).await;
 
@@ -198,8 +200,16 @@ async fn delivery_kill_9_with_1000_open_streams_resumes_each_from_its_last_event
         out_of_order: sse.iter().map(|d| d.out_of_order).max().unwrap(),
         wrong_seq: sse.iter().map(|d| d.wrong_seq).max().unwrap(),
     };
+    let reconnects: usize = delivered
+        .iter()
+        .filter_map(|(n, _)| n.strip_prefix("sse (reconnects ")?.strip_suffix(')'))
+        .map(|n| n.parse::<usize>().unwrap())
+        .sum();
     let summary = vec![
-        (format!("{STREAMS} sse streams (the worst)"), worst),
+        (
+            format!("{STREAMS} sse streams (the worst; reconnects {reconnects} in all)"),
+            worst,
+        ),
         delivered.last().unwrap().clone(),
     ];
     faults::report(
