@@ -11,11 +11,9 @@ use std::time::{Duration, Instant};
 
 use spool_integration_tests::faults::{self, BaseUrl, Follower, Writer};
 use spool_integration_tests::nats_cluster::NatsCluster;
+use spool_integration_tests::process::ServiceProcess;
 use spool_integration_tests::receiver::TestReceiver;
-use spool_integration_tests::services::{
-    delivery_config, ingest_config, revalidator_config, TestService,
-};
-use spool_integration_tests::site_json;
+use spool_integration_tests::{site_json, write_sites_file, LOOPBACK_TARGET_NETWORKS};
 use spool_proto::names::{
     DLQ_STREAM, EVENTS_STREAM, OUTCOMES_STREAM, RETRY_STREAM, SITES_BUCKET, TARGETS_BUCKET,
 };
@@ -40,19 +38,32 @@ async fn r3_cluster_loses_and_duplicates_nothing_through_leader_follower_and_met
     let urls = cluster.urls();
     log(started, &format!("cluster up: {urls}"));
 
+    // The real binaries, configured as an operator would: NATS_URL lists the three nodes,
+    // every stream and bucket R3.
     let target = TestReceiver::start([]).await;
     let mut site = site_json(SITE);
     site["revalidate"] = serde_json::json!([target.target(None)]);
-    let mut config = ingest_config(&urls);
-    config.common.streams.replicas = 3;
-    let ingest = TestService::start(config).await;
-    ingest.put_site(&site).await;
-    let mut config = delivery_config(&urls);
-    config.common.streams.replicas = 3;
-    let delivery = TestService::start_delivery(config).await;
-    let mut config = revalidator_config(&urls);
-    config.common.streams.replicas = 3;
-    let _revalidator = TestService::start_revalidator(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sites = write_sites_file(dir.path(), &[site]);
+    let env = [
+        ("NATS_URL", urls.clone()),
+        ("SPOOL_STREAM_REPLICAS", "3".to_string()),
+        ("SPOOL_SITES_FILE", sites.display().to_string()),
+        (
+            "SPOOL_ALLOWED_TARGET_NETWORKS",
+            LOOPBACK_TARGET_NETWORKS.to_string(),
+        ),
+        // Redeliveries and retries in seconds, not minutes.
+        ("SPOOL_ACK_WAIT", "5s".to_string()),
+        ("SPOOL_CALL_TIMEOUT", "5s".to_string()),
+        (
+            "SPOOL_RETRY_SCHEDULE",
+            "200ms,500ms,1s,2s,2s,2s,2s,2s,2s,2s".to_string(),
+        ),
+    ];
+    let ingest = ServiceProcess::start("spool-ingest", &env).await;
+    let delivery = ServiceProcess::start("spool-delivery", &env).await;
+    let _revalidator = ServiceProcess::start("spool-revalidator", &env).await;
     for stream in [
         EVENTS_STREAM,
         DLQ_STREAM,
@@ -83,9 +94,11 @@ async fn r3_cluster_loses_and_duplicates_nothing_through_leader_follower_and_met
         &format!("{} acknowledged before any fault", writer.acked()),
     );
 
-    // The stream leader, then a follower: with two of three nodes gone there is no quorum
-    // and nothing can be acknowledged until one is back.
-    let leader = cluster.stream_leader(EVENTS_STREAM).await;
+    // The stream leader — made the node the delivery is connected to, so that its feed
+    // loses both its connection and the leader — then a follower: with two of three nodes
+    // gone there is no quorum and nothing can be acknowledged until one is back.
+    let leader = cluster.node_of_client("spool-delivery").await;
+    cluster.move_stream_leader(EVENTS_STREAM, &leader).await;
     cluster.kill9(&leader).await;
     log(started, &format!("SIGKILL stream leader {leader}"));
     writer.wait_progress(PROGRESS, STEP).await;
