@@ -353,20 +353,35 @@ impl NatsCluster {
     /// Hands the leadership of `stream` to `to` (a step-down naming it as preferred:
     /// `$JS.API.STREAM.LEADER.STEPDOWN.<stream>`) and waits until it leads.
     pub async fn move_stream_leader(&self, stream: &str, to: &str) {
+        let subject = format!("$JS.API.STREAM.LEADER.STEPDOWN.{stream}");
+        self.move_leader(&subject, to, || self.stream_leader(stream))
+            .await;
+    }
+
+    /// Hands the leadership of the durable `consumer` of `stream` to `to`
+    /// (`$JS.API.CONSUMER.LEADER.STEPDOWN.<stream>.<consumer>`) and waits until it leads.
+    pub async fn move_consumer_leader(&self, stream: &str, consumer: &str, to: &str) {
+        let subject = format!("$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.{consumer}");
+        self.move_leader(&subject, to, || self.consumer_leader(stream, consumer))
+            .await;
+    }
+
+    async fn move_leader<F, Fut>(&self, stepdown: &str, to: &str, leader: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = String>,
+    {
         let client = async_nats::connect(self.url(to)).await.expect("connect");
         let body = serde_json::json!({ "placement": { "preferred": to } }).to_string();
         for _ in 0..5 {
-            if self.stream_leader(stream).await == to {
+            if leader().await == to {
                 return;
             }
             let _ = client
-                .request(
-                    format!("$JS.API.STREAM.LEADER.STEPDOWN.{stream}"),
-                    body.clone().into(),
-                )
+                .request(stepdown.to_string(), body.clone().into())
                 .await;
             let moved = tokio::time::timeout(Duration::from_secs(10), async {
-                while self.stream_leader(stream).await != to {
+                while leader().await != to {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             })
@@ -375,7 +390,57 @@ impl NatsCluster {
                 return;
             }
         }
-        panic!("the leadership of {stream} did not move to {to}");
+        panic!("the leadership did not move to {to} ({stepdown})");
+    }
+
+    /// The leader of the durable consumer `consumer` of `stream`, asked of a running node
+    /// (`$JS.API.CONSUMER.INFO.<stream>.<consumer>`, `cluster.leader`); waits for one
+    /// that runs and is not `not`.
+    pub async fn consumer_leader_other_than(
+        &self,
+        stream: &str,
+        consumer: &str,
+        not: Option<&str>,
+    ) -> String {
+        eventually(
+            &format!("a leader of consumer {consumer} other than {not:?}"),
+            READY_WITHIN,
+            || async {
+                for name in self.running() {
+                    let Ok(Ok(client)) = tokio::time::timeout(
+                        Duration::from_secs(3),
+                        async_nats::connect(self.url(&name)),
+                    )
+                    .await
+                    else {
+                        continue;
+                    };
+                    let js = async_nats::jetstream::new(client);
+                    let info = tokio::time::timeout(Duration::from_secs(3), async {
+                        let stream = js.get_stream(stream).await.ok()?;
+                        let mut c: async_nats::jetstream::consumer::PullConsumer =
+                            stream.get_consumer(consumer).await.ok()?;
+                        c.info().await.ok().cloned()
+                    })
+                    .await;
+                    let Ok(Some(info)) = info else { continue };
+                    let Some(leader) = info.cluster.and_then(|c| c.leader) else {
+                        continue;
+                    };
+                    if Some(leader.as_str()) != not && self.running().contains(&leader) {
+                        return Some(leader);
+                    }
+                }
+                None
+            },
+        )
+        .await
+    }
+
+    /// The leader of the durable consumer `consumer` of `stream`; waits for one that runs.
+    pub async fn consumer_leader(&self, stream: &str, consumer: &str) -> String {
+        self.consumer_leader_other_than(stream, consumer, None)
+            .await
     }
 
     /// The configured replicas of `stream`, as a running node reports them.

@@ -13,12 +13,14 @@ use spool_integration_tests::faults::{self, BaseUrl, Follower, Writer};
 use spool_integration_tests::nats_cluster::NatsCluster;
 use spool_integration_tests::process::ServiceProcess;
 use spool_integration_tests::receiver::TestReceiver;
-use spool_integration_tests::{site_json, write_sites_file, LOOPBACK_TARGET_NETWORKS};
+use spool_integration_tests::{eventually, site_json, write_sites_file, LOOPBACK_TARGET_NETWORKS};
 use spool_proto::names::{
     DLQ_STREAM, EVENTS_STREAM, OUTCOMES_STREAM, RETRY_STREAM, SITES_BUCKET, TARGETS_BUCKET,
 };
 
 const SITE: &str = "acme";
+/// The revalidator's durable consumer of `SPOOL_EVENTS` (`SPOOL_CONSUMER_NAME`'s default).
+const CONSUMER: &str = "spool-revalidator";
 const TOKEN: &str = "rk_test_acme_0123456789";
 /// Longest a step may take: an election (4 to 9 s in nats-server), a node catching up, the
 /// clients moving to another node.
@@ -137,22 +139,46 @@ async fn r3_cluster_loses_and_duplicates_nothing_through_leader_follower_and_met
     writer.wait_progress(PROGRESS, STEP).await;
 
     // A node paused past the election timeout: the one the ingest is connected to, made
-    // the stream's leader first, until the others have elected another. The ingest must
-    // notice that its node no longer answers and move to another.
+    // the leader of the stream and of the revalidator's consumer first. The others elect
+    // new leaders; the ingest must notice that its node no longer answers and move to
+    // another, and the revalidator that its pull request went with the old leader.
     let leader = cluster.node_of_client("spool-ingest").await;
     cluster.move_stream_leader(EVENTS_STREAM, &leader).await;
+    cluster
+        .move_consumer_leader(EVENTS_STREAM, CONSUMER, &leader)
+        .await;
     cluster.pause(&leader);
-    log(started, &format!("SIGSTOP stream leader {leader}"));
+    log(
+        started,
+        &format!("SIGSTOP {leader}, leader of the stream and the revalidator's consumer"),
+    );
     let new_leader = cluster
         .stream_leader_other_than(EVENTS_STREAM, Some(&leader))
         .await;
-    log(started, &format!("new stream leader {new_leader}"));
-    writer.wait_progress(PROGRESS, STEP).await;
-    cluster.resume(&leader).await;
+    let new_consumer_leader = cluster
+        .consumer_leader_other_than(EVENTS_STREAM, CONSUMER, Some(&leader))
+        .await;
     log(
         started,
-        &format!("{} acknowledged; SIGCONT {leader}", writer.acked()),
+        &format!("new leaders: stream {new_leader}, consumer {new_consumer_leader}"),
     );
+    writer.wait_progress(PROGRESS, STEP).await;
+    // Revalidation goes on while the node is still paused, within a bound well under the
+    // 30 s a lost pull request waits for its expiry.
+    let acked_now = writer.acked();
+    let since = std::time::Instant::now();
+    eventually(
+        "a revalidation call while the node is paused",
+        Duration::from_secs(20),
+        || async { target.calls().iter().any(|c| c.at > since).then_some(()) },
+    )
+    .await;
+    log(
+        started,
+        &format!("{acked_now} acknowledged; revalidation goes on while {leader} is paused"),
+    );
+    cluster.resume(&leader).await;
+    log(started, &format!("SIGCONT {leader}"));
     writer.wait_progress(PROGRESS, STEP).await;
 
     let written = writer.stop().await;
@@ -179,7 +205,7 @@ async fn r3_cluster_loses_and_duplicates_nothing_through_leader_follower_and_met
     }
     let revalidated = faults::revalidated(&calls, &acked);
     faults::report(
-        "3-node R3 cluster: SIGKILL stream leader, then a follower (no quorum), restart both; SIGKILL + restart meta leader; SIGSTOP stream leader past the election, SIGCONT",
+        "3-node R3 cluster: SIGKILL stream leader (the delivery's node), then a follower (no quorum), restart both; SIGKILL + restart meta leader; SIGSTOP the ingest's node, leading the stream and the revalidator's consumer, past the election, SIGCONT",
         &written,
         stored,
         &delivered,
