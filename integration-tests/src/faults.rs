@@ -583,3 +583,90 @@ pub async fn stored_events(nats_url: &str, site: &str) -> Vec<(u64, String)> {
         .map(|s| (s.seq, s.event.id))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acked(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        pairs
+            .iter()
+            .map(|(id, seq)| (id.to_string(), *seq))
+            .collect()
+    }
+
+    fn got(pairs: &[(u64, &str)]) -> Vec<Got> {
+        pairs
+            .iter()
+            .map(|(seq, id)| (*seq, id.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_reader_with_everything_once_in_order_is_clean() {
+        let a = acked(&[("a", 1), ("b", 2), ("c", 3)]);
+        let d = delivered(&got(&[(1, "a"), (2, "b"), (3, "c")]), &a);
+        assert_eq!(
+            d,
+            Delivered {
+                delivered: 3,
+                lost: 0,
+                duplicated: 0,
+                out_of_order: 0,
+                wrong_seq: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_reader_counts_what_is_missing_repeated_reordered_or_misnumbered() {
+        let a = acked(&[("a", 1), ("b", 2), ("c", 3), ("d", 4)]);
+        // "d" missing, "a" twice (and so out of order), "c" under another seq.
+        let d = delivered(&got(&[(1, "a"), (2, "b"), (1, "a"), (5, "c")]), &a);
+        assert_eq!(d.delivered, 3);
+        assert_eq!(d.lost, 1);
+        assert_eq!(d.duplicated, 1);
+        assert_eq!(d.out_of_order, 1);
+        assert_eq!(d.wrong_seq, 1);
+    }
+
+    #[test]
+    fn the_stream_counts_lost_duplicated_and_unacknowledged() {
+        let a = acked(&[("a", 1), ("b", 2), ("c", 9)]);
+        // "c" stored under another seq than answered: lost; "b" twice; "x" never acked.
+        let s = stored(
+            &got(&[(1, "a"), (2, "b"), (3, "b"), (4, "c"), (5, "x")]),
+            &a,
+        );
+        assert_eq!(
+            s,
+            Stored {
+                stored: 2,
+                lost: 1,
+                duplicated: 1,
+                unacknowledged: 1
+            }
+        );
+    }
+
+    #[test]
+    fn written_counts_only_the_answered_as_acknowledged() {
+        let sent = |id: &str, seq: Option<u64>, duplicate| Sent {
+            id: id.into(),
+            seq,
+            attempts: 1,
+            duplicate,
+        };
+        let w = Written {
+            sent: vec![
+                sent("a", Some(1), false),
+                sent("b", None, false),
+                sent("c", Some(2), true),
+            ],
+            failures: 3,
+        };
+        assert_eq!(w.written(), 3);
+        assert_eq!(w.acked(), acked(&[("a", 1), ("c", 2)]));
+        assert_eq!(w.answered_duplicate(), 1);
+    }
+}
