@@ -3,9 +3,11 @@
 //! No fixed ports and no sleeps for readiness: everything waits on a condition with a
 //! deadline ([`eventually`]).
 
+pub mod faults;
 pub mod flood;
 pub mod isolation;
 pub mod memory;
+pub mod nats_cluster;
 pub mod nats_server;
 pub mod notify;
 pub mod otlp;

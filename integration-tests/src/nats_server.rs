@@ -154,6 +154,21 @@ impl NatsServer {
         }
     }
 
+    /// Kills the server with SIGKILL (a crash: no shutdown code runs) and waits for it;
+    /// [`NatsServer::restart`] starts it again on the same port with the same store.
+    pub async fn kill9(&mut self) {
+        match &mut self.backend {
+            Backend::Process(slot) => {
+                if let Some(mut child) = slot.take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+            #[cfg(feature = "testcontainers")]
+            Backend::Container(c) => c.stop().await,
+        }
+    }
+
     /// Starts it again on the same port with the same store.
     pub async fn restart(&mut self) {
         self.stop().await;

@@ -100,7 +100,7 @@ pub struct CommonConfig {
 /// How the streams and the bucket are provisioned (applied idempotently at start-up).
 #[derive(Debug, Clone, Args)]
 pub struct StreamSettings {
-    /// Replicas of `SPOOL_EVENTS`, `SPOOL_DLQ` and `spool-sites` (1 in dev, 3 in production).
+    /// Replicas of every stream and bucket (1 in dev, 3 in production: a 3-node cluster).
     #[arg(long = "stream-replicas", env = "SPOOL_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub replicas: u8,
 

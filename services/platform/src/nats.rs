@@ -30,6 +30,14 @@ pub enum ProvisionError {
     },
 }
 
+/// How often the client pings a server it has heard nothing from. A server that stops
+/// answering while its connection stays up — paused, hung, or cut off by a one-way
+/// partition — is left for another after three unanswered pings, about 10 s. (The client's
+/// default, 60 s, kept a service on a hung node of a cluster for three minutes: every
+/// webhook answered 503, the delivery's feed stalled, though the other nodes had long
+/// elected new leaders.) Busy connections don't ping: any traffic from the server counts.
+pub const PING_INTERVAL: Duration = Duration::from_secs(3);
+
 /// Connects in the background and keeps reconnecting for ever (quickly: a NATS restart
 /// should cost seconds, not a pod restart). The client is usable at once; requests made
 /// while disconnected fail with a timeout, which callers answer as 503.
@@ -44,6 +52,7 @@ pub async fn connect(
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2))
+        .ping_interval(PING_INTERVAL)
         .reconnect_delay_callback(reconnect_delay)
         .event_callback(move |event| {
             if matches!(event, async_nats::Event::Disconnected) {
