@@ -25,8 +25,10 @@ async fn rss_of_every_service_stays_flat_under_steady_events() {
     let report = measure(plan).await;
     eprintln!("{}", report.table());
     // The leaks this guards against kept 64 (ingest) and 100-200 (revalidator) bytes per
-    // event; allocator noise over a short run stays well under this.
-    const LIMIT: f64 = 32.0;
+    // event. A quiet machine measures about 10 (ingest) and 22 (revalidator) here; a loaded
+    // one (the fault tests' nats-servers beside it) up to 48 for the revalidator, which is
+    // allocator noise over a short run, not growth: `make leak-check` measures at length.
+    const LIMIT: f64 = 56.0;
     for (i, name) in SERVICES.iter().enumerate() {
         let per_event = report.bytes_per_event(i);
         assert!(
