@@ -118,7 +118,7 @@ deploy-tools:
 	scripts/install-deploy-tools.sh "$(TOOLS)"
 
 # Renders every overlay, validates it for each of K8S_VERSIONS, lints deploy/ and the
-# Dockerfile. (The manifests-vs-code drift test is a cargo test: integration-tests/tests/it/deploy.rs.)
+# Dockerfile. (The manifests-vs-code drift test is a cargo test: integration-tests/tests/it/deploy/.)
 deploy-check: tools deploy-tools
 	TOOLS="$(TOOLS)" K8S_VERSIONS="$(K8S_VERSIONS)" scripts/deploy-check.sh
 
