@@ -13,7 +13,7 @@ SYSTEM_NATS := $(shell scripts/system-nats-server.sh)
 NATS_SERVER_BIN ?= $(if $(SYSTEM_NATS),$(SYSTEM_NATS),$(TOOLS)/bin/nats-server)
 export NATS_SERVER_BIN
 
-.PHONY: all tools build release test fmt lint run leak-check demo-webhook bench-ingest bench-delivery bench-revalidator bench bench-quick clean
+.PHONY: all tools build release test fmt lint run fuzz leak-check demo-webhook bench-ingest bench-delivery bench-revalidator bench bench-quick clean
 .PHONY: deploy-tools deploy-check image
 
 all: build
@@ -78,6 +78,13 @@ node:
 
 chromium:
 	@scripts/ensure-system-packages.sh chromium
+
+# The fuzz targets (fuzz_* tests) at length: FUZZ_CASES cases each, from a random seed, in
+# the `fuzz` profile (optimised, with overflow checks). `make test` runs 256 from a fixed seed.
+FUZZ_CASES ?= 200000
+fuzz:
+	SPOOL_FUZZ_CASES=$(FUZZ_CASES) cargo test --profile fuzz --lib \
+	  -p spool-proto -p spool-platform -p spool-ingest -p spool-delivery -- fuzz_
 
 # The leak check at length: 200,000 webhooks through the release binaries; RSS per service.
 leak-check: tools release

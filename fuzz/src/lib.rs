@@ -71,10 +71,7 @@ fn edit() -> impl Strategy<Value = Edit> {
     prop_oneof![
         (at, 0u8..8).prop_map(|(at, bit)| Edit::Flip { at, bit }),
         (at, interesting_byte()).prop_map(|(at, byte)| Edit::Set { at, byte }),
-        (
-            at,
-            proptest::collection::vec(interesting_byte(), 1..8)
-        )
+        (at, proptest::collection::vec(interesting_byte(), 1..8))
             .prop_map(|(at, bytes)| Edit::Insert { at, bytes }),
         (at, 1usize..16).prop_map(|(at, len)| Edit::Remove { at, len }),
         (at, 1usize..32).prop_map(|(at, len)| Edit::Duplicate { at, len }),

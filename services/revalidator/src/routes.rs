@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use spool_platform::config::Secret;
 use spool_platform::http::check_admin;
+use spool_platform::http::PathParam;
 use spool_platform::Platform;
 use spool_proto::SiteId;
 
@@ -92,7 +93,7 @@ async fn list(
 async fn replay(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(seq): Path<String>,
+    PathParam(seq): PathParam,
 ) -> Result<Response, RevalidatorError> {
     check_admin(state.admin_token.as_deref(), &headers)?;
     let seq: u64 = seq
