@@ -14,7 +14,7 @@ NATS_SERVER_BIN ?= $(if $(SYSTEM_NATS),$(SYSTEM_NATS),$(TOOLS)/bin/nats-server)
 export NATS_SERVER_BIN
 
 .PHONY: all tools build release test fmt lint run fuzz leak-check demo-webhook bench-ingest bench-delivery bench-revalidator bench bench-quick clean
-.PHONY: deploy-tools deploy-check image
+.PHONY: deploy-tools deploy-check image contract-tools
 
 all: build
 
@@ -43,7 +43,7 @@ lint:
 	# The opt-in Docker path of the test fixtures is compiled so that it can't rot.
 	cargo clippy -p spool-integration-tests --all-targets --features testcontainers -- -D warnings
 
-test: tools lint deploy-check js-test
+test: tools contract-tools lint deploy-check js-test
 	cargo build --workspace --bins
 	cargo test --workspace
 
@@ -78,6 +78,12 @@ node:
 
 chromium:
 	@scripts/ensure-system-packages.sh chromium
+
+# schemathesis, pinned, into .tools/contract-venv: the contract test of `cargo test`
+# (integration-tests/tests/it/contract.rs) runs it against the three services.
+contract-tools:
+	scripts/ensure-system-packages.sh python-venv
+	scripts/install-contract-tools.sh "$(TOOLS)"
 
 # The fuzz targets (fuzz_* tests) at length: FUZZ_CASES cases each, from a random seed, in
 # the `fuzz` profile (optimised, with overflow checks). `make test` runs 256 from a fixed seed.

@@ -96,9 +96,13 @@ async fn replay(
     PathParam(seq): PathParam,
 ) -> Result<Response, RevalidatorError> {
     check_admin(state.admin_token.as_deref(), &headers)?;
-    let seq: u64 = seq
-        .parse()
-        .map_err(|_| bad_parameter(format!("{seq:?} is not a dead-letter sequence number")))?;
+    // Sequences start at 1: JetStream refuses a read of 0 (found by the contract test: it
+    // was a 503).
+    let seq: u64 = seq.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+        bad_parameter(format!(
+            "seq: {seq:?} is not a dead-letter sequence number (a whole number from 1)"
+        ))
+    })?;
     let js = &state.platform.jetstream;
     let stored = dlq::get(js, seq)
         .await
