@@ -5,7 +5,8 @@ every generated value that is *meant* to be wrong (negative cases) stays wrong:
 
 - `POST /v1/sites/{site}/webhooks`: a well-formed site id becomes the test's site, and a
   well-formed `webhook-id` / `webhook-timestamp` pair gets the current time and a valid
-  Standard Webhooks signature over the exact body bytes sent.
+  Standard Webhooks signature over the exact body bytes sent (when the case sends a
+  `webhook-signature` at all: a case may test its absence).
 - the delivery's reads: a well-formed site id becomes one of the test's two sites, and the
   private one gets its read token as `Authorization: Bearer` (unless the case brings its
   own); a long-poll waits at most 1 s, and most streams start from 0 or 1 (`since`,
