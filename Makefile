@@ -13,8 +13,8 @@ SYSTEM_NATS := $(shell scripts/system-nats-server.sh)
 NATS_SERVER_BIN ?= $(if $(SYSTEM_NATS),$(SYSTEM_NATS),$(TOOLS)/bin/nats-server)
 export NATS_SERVER_BIN
 
-.PHONY: all tools build release test fmt lint run demo-client leak-check soak demo-webhook bench-ingest bench-delivery bench-revalidator bench bench-quick clean
-.PHONY: deploy-tools deploy-check image
+.PHONY: all tools build release test fmt lint run demo-client fuzz leak-check soak demo-webhook bench-ingest bench-delivery bench-revalidator bench bench-quick clean
+.PHONY: deploy-tools deploy-check image contract-tools
 
 all: build
 
@@ -45,7 +45,7 @@ lint:
 	# The opt-in Docker path of the test fixtures is compiled so that it can't rot.
 	cargo clippy -p spool-integration-tests --all-targets --features testcontainers -- -D warnings
 
-test: tools lint deploy-check js-test
+test: tools contract-tools lint deploy-check js-test
 	cargo build --workspace --bins
 	cargo test --workspace
 
@@ -88,6 +88,19 @@ node:
 
 chromium:
 	@scripts/ensure-system-packages.sh chromium
+
+# schemathesis, pinned, into .tools/contract-venv: the contract test of `cargo test`
+# (integration-tests/tests/it/contract.rs) runs it against the three services.
+contract-tools:
+	scripts/ensure-system-packages.sh python-venv
+	scripts/install-contract-tools.sh "$(TOOLS)"
+
+# The fuzz targets (fuzz_* tests) at length: FUZZ_CASES cases each, from a random seed, in
+# the `fuzz` profile (optimised, with overflow checks). `make test` runs 256 from a fixed seed.
+FUZZ_CASES ?= 200000
+fuzz:
+	SPOOL_FUZZ_CASES=$(FUZZ_CASES) cargo test --profile fuzz --lib \
+	  -p spool-proto -p spool-platform -p spool-ingest -p spool-delivery -- fuzz_
 
 # The leak check at length: 200,000 webhooks through the release binaries; RSS per service.
 leak-check: tools release

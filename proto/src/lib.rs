@@ -17,3 +17,6 @@ pub use site::Site;
 
 /// The OpenAPI document of the HTTP API of all three services.
 pub const OPENAPI_YAML: &str = include_str!("../openapi.yaml");
+
+#[cfg(test)]
+mod fuzz;

@@ -2,12 +2,14 @@
 
 use time::OffsetDateTime;
 
-use crate::event::{Event, WebhookPayload};
+use crate::event::{Event, WebhookPayload, MAX_PATH_LEN};
 use crate::site::Site;
 
 /// Builds the event of a webhook: the site's templates for the collection (or the
 /// defaults) expanded with the item, then the payload's own paths and tags, each once, in
-/// that order. A template that needs `{slug}` is skipped when the item has none.
+/// that order. A template that needs `{slug}` is skipped when the item has none. A path
+/// keeps one leading `/` (a slug `/` in `/{slug}` is the path `/`, not `//`, which is no
+/// path of the site), and one longer than [`MAX_PATH_LEN`] is skipped.
 pub fn to_event(
     site: &Site,
     webhook_id: &str,
@@ -15,9 +17,12 @@ pub fn to_event(
     received_at: OffsetDateTime,
 ) -> Event {
     let routes = site.routes_for(&payload.collection);
-    let expand = |templates: &[String], extra: Vec<String>| -> Vec<String> {
+    let expand = |templates: &[String], extra: Vec<String>, path: bool| -> Vec<String> {
         let mut out: Vec<String> = Vec::with_capacity(templates.len() + extra.len());
-        let expanded = templates.iter().filter_map(|t| expand(t, &payload));
+        let expanded = templates
+            .iter()
+            .filter_map(|t| expand(t, &payload))
+            .filter_map(|value| if path { as_path(value) } else { Some(value) });
         for value in expanded.chain(extra) {
             if !out.contains(&value) {
                 out.push(value);
@@ -25,8 +30,8 @@ pub fn to_event(
         }
         out
     };
-    let paths = expand(&routes.paths, payload.paths.clone());
-    let tags = expand(&routes.tags, payload.tags.clone());
+    let paths = expand(&routes.paths, payload.paths.clone(), true);
+    let tags = expand(&routes.tags, payload.tags.clone(), false);
     Event {
         seq: 0,
         id: webhook_id.to_owned(),
@@ -40,6 +45,15 @@ pub fn to_event(
         paths,
         tags,
     }
+}
+
+/// An expanded path template as a path: one leading `/`; `None` when too long.
+fn as_path(expanded: String) -> Option<String> {
+    let path = match expanded.strip_prefix("//") {
+        Some(_) => format!("/{}", expanded.trim_start_matches('/')),
+        None => expanded,
+    };
+    (path.len() <= MAX_PATH_LEN).then_some(path)
 }
 
 /// Fills `{slug}`, `{id}` and `{collection}`; `None` when the template needs a slug the
@@ -142,6 +156,36 @@ mod tests {
         );
         assert_eq!(e.paths, ["/news"]);
         assert_eq!(e.tags, ["news"]);
+    }
+
+    // Found by fuzz_mapping_of_valid_bodies: the slug "/" in "/{slug}" made the path "//".
+    #[test]
+    fn a_path_keeps_one_leading_slash_and_a_long_one_is_skipped() {
+        let mut collections = BTreeMap::new();
+        let long = format!("/{}/{{slug}}", "x".repeat(MAX_PATH_LEN - 8));
+        collections.insert(
+            CollectionName::parse("pages").unwrap(),
+            CollectionRoutes {
+                paths: vec!["/{slug}".into(), "/p/{slug}".into(), long],
+                tags: vec![],
+            },
+        );
+        let map = |slug| {
+            to_event(
+                &site(collections.clone()),
+                "m",
+                payload("pages", Some(slug), &[], &[]),
+                OffsetDateTime::UNIX_EPOCH,
+            )
+            .paths
+        };
+        assert_eq!(map("/")[..2], ["/", "/p//"]);
+        assert_eq!(map("//a/b")[..2], ["/a/b", "/p///a/b"]);
+        assert_eq!(map("about").len(), 3);
+        assert_eq!(
+            map("about-us-and-more"),
+            ["/about-us-and-more", "/p/about-us-and-more"]
+        );
     }
 
     proptest! {

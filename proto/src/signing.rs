@@ -111,8 +111,10 @@ impl SigningKey {
             .trim()
             .parse()
             .map_err(|_| VerifyError::BadTimestamp)?;
+        // Any i64 may come in (from the header, or a clock far off): no overflow here, and
+        // a negative tolerance accepts only the exact second.
         let skew = now.saturating_sub(ts);
-        if skew.abs() > tolerance_secs {
+        if skew.unsigned_abs() > u64::try_from(tolerance_secs).unwrap_or(0) {
             return Err(VerifyError::StaleTimestamp(skew, tolerance_secs));
         }
         let expected = self.mac(id, ts, body);
@@ -225,6 +227,33 @@ mod tests {
             v(Some(SPEC_ID), Some(&ts), Some("v1,"), SPEC_TS),
             Err(VerifyError::NoMatchingSignature)
         );
+    }
+
+    // Found by fuzz_signature_check_arbitrary: a timestamp this far from `now` made the
+    // skew i64::MIN, whose abs() overflowed (a panic in debug builds).
+    #[test]
+    fn timestamps_at_the_ends_of_i64_are_refused_not_a_panic() {
+        let k = key();
+        let max = i64::MAX.to_string();
+        let min = i64::MIN.to_string();
+        for (ts, now) in [(&max, -2), (&max, i64::MIN), (&min, i64::MAX), (&min, 0)] {
+            assert!(matches!(
+                k.verify(Some(SPEC_ID), Some(ts), Some(SPEC_SIG), b"", now, 300),
+                Err(VerifyError::StaleTimestamp(..))
+            ));
+        }
+        let ts = SPEC_TS.to_string();
+        assert!(matches!(
+            k.verify(
+                Some(SPEC_ID),
+                Some(&ts),
+                Some(SPEC_SIG),
+                SPEC_BODY.as_bytes(),
+                SPEC_TS + 1,
+                -5
+            ),
+            Err(VerifyError::StaleTimestamp(1, -5))
+        ));
     }
 
     #[test]

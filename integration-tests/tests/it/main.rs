@@ -1,6 +1,7 @@
 //! Cross-service tests, all in one binary: real nats-server, real services, real HTTP.
 
 mod admin;
+mod contract;
 mod delivery_access;
 mod delivery_audience;
 mod delivery_history;

@@ -137,3 +137,6 @@ impl Application {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod fuzz;

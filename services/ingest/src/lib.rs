@@ -82,3 +82,6 @@ impl Application {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod fuzz;

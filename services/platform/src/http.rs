@@ -27,6 +27,26 @@ use crate::write_stall::{Stalled, WriteStall};
 /// deploy, and the default of 128 would make most of them wait for a SYN retry.
 pub const LISTEN_BACKLOG: u32 = 4096;
 
+/// A path parameter as text (axum's `Path<String>`), whose refusal — a segment that is not
+/// UTF-8 once percent-decoded, such as `/v1/sites/%80/events` — is the API's JSON
+/// `400 invalid_path`, not axum's plain-text answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| PathParam(value))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.body_text()))
+    }
+}
+
 /// An error answer: `{"error": {"code": "...", "message": "..."}}`, with `Retry-After`
 /// when the client should come back.
 #[derive(Debug, Clone, PartialEq, Eq)]

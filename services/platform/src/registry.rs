@@ -68,6 +68,12 @@ impl SiteRegistry {
         }
     }
 
+    /// Marks the registry as holding the whole bucket (or not): its follower does, after
+    /// each full read; so does code that fills it by hand (tests).
+    pub fn set_loaded(&self, loaded: bool) {
+        self.loaded.send_replace(loaded);
+    }
+
     /// The registry holds the whole bucket (an unknown site is really unknown).
     pub fn is_loaded(&self) -> bool {
         *self.loaded.borrow()
@@ -145,9 +151,7 @@ impl SiteRegistry {
             disconnects,
             &shutdown,
             || self.sync_and_watch(&store),
-            || {
-                self.loaded.send_replace(false);
-            },
+            || self.set_loaded(false),
         )
         .await;
     }
@@ -166,7 +170,7 @@ impl SiteRegistry {
             }
         }
         self.forget_missing(&present, last);
-        self.loaded.send_replace(true);
+        self.set_loaded(true);
         let mut watch = store
             .watch_all_from_revision(last + 1)
             .await
@@ -245,24 +249,31 @@ impl SiteRegistry {
 pub fn load_sites_file(path: &Path) -> anyhow::Result<Vec<Site>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading sites file {}", path.display()))?;
+    parse_sites_file(&text, &path.display().to_string())
+}
+
+/// The sites of a sites file's text (`origin` names it in errors): a JSON array, or a YAML
+/// list (block or flow style: `[{id: acme, ...}]` is YAML too).
+pub fn parse_sites_file(text: &str, origin: &str) -> anyhow::Result<Vec<Site>> {
     let values: Vec<serde_json::Value> = if text.trim_start().starts_with('[') {
-        serde_json::from_str(&text)
-            .with_context(|| format!("sites file {} is not a JSON array", path.display()))?
+        match serde_json::from_str(text) {
+            Ok(values) => values,
+            // Not JSON: maybe a YAML flow list; if not that either, the JSON error says more.
+            Err(json) => serde_yaml::from_str(text).map_err(|_| {
+                anyhow::Error::new(json).context(format!("sites file {origin} is not a JSON array"))
+            })?,
+        }
     } else {
-        serde_yaml::from_str(&text)
-            .with_context(|| format!("sites file {} is not a YAML list", path.display()))?
+        serde_yaml::from_str(text)
+            .with_context(|| format!("sites file {origin} is not a YAML list"))?
     };
     let mut sites = Vec::with_capacity(values.len());
     for (i, value) in values.into_iter().enumerate() {
         let bytes = serde_json::to_vec(&value)?;
-        let site = Site::from_json(&bytes)
-            .with_context(|| format!("sites file {}: site #{i}", path.display()))?;
+        let site =
+            Site::from_json(&bytes).with_context(|| format!("sites file {origin}: site #{i}"))?;
         if sites.iter().any(|s: &Site| s.id == site.id) {
-            anyhow::bail!(
-                "sites file {}: site {} appears twice",
-                path.display(),
-                site.id
-            );
+            anyhow::bail!("sites file {origin}: site {} appears twice", site.id);
         }
         sites.push(site);
     }
@@ -360,5 +371,131 @@ mod tests {
         std::fs::write(&twice, format!("[{one},{one}]")).unwrap();
         assert!(format!("{:#}", load_sites_file(&twice).unwrap_err()).contains("appears twice"));
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    // Found by fuzz_sites_file_valid_round_trips: a YAML flow list (`[{id: ...}]`) starts
+    // with '[' and was refused as "not a JSON array".
+    #[test]
+    fn a_yaml_flow_list_is_yaml_and_bad_json_still_says_json() {
+        let sites = parse_sites_file(
+            "[{id: acme, webhook_secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw}]",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(sites[0].id.as_str(), "acme");
+        let err = format!(
+            "{:#}",
+            parse_sites_file("[{\"id\": \"acme\"", "f").unwrap_err()
+        );
+        assert!(err.contains("sites file f is not a JSON array"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    //! Fuzz targets (issue #16) for the sites file; see the `spool-fuzz` crate for how long
+    //! they run (`SPOOL_FUZZ_CASES`, `make fuzz`).
+
+    use super::parse_sites_file;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+    use spool_fuzz::{awkward_string, config, mutated_one_of};
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn full_site(id: &str) -> Value {
+        json!({"id": id, "webhook_secret": SECRET, "read_tokens": ["rk_live_0123456789abcdef"],
+               "public": false, "cors_origins": ["https://acme.example"],
+               "collections": {"blog": {"paths": ["/blog/{slug}", "/blog"], "tags": ["blog", "blog:{slug}"]}},
+               "revalidate": [{"url": "https://acme.example/api/revalidate", "secret": SECRET, "collections": ["blog"]}],
+               "public_fields": ["slug", "title"], "notify": "after_revalidate", "notify_timeout_ms": 5000})
+    }
+
+    fn seeds() -> Vec<Vec<u8>> {
+        let sites =
+            json!([full_site("acme"), {"id": "b", "webhook_secret": SECRET, "public": true}]);
+        vec![
+            sites.to_string().into_bytes(),
+            serde_json::to_vec_pretty(&sites).unwrap_or_default(),
+            serde_yaml::to_string(&sites).unwrap_or_default().into_bytes(),
+            b"# sites\n- id: blog\n  webhook_secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n  public: yes\n  read_tokens: &t [rk_live_0123456789abcdef]\n- id: b2\n  webhook_secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n  read_tokens: *t\n".to_vec(),
+        ]
+    }
+
+    /// Parses, and checks what an accepted file must be: valid sites, each id once.
+    fn check(text: &str) -> Result<(), TestCaseError> {
+        match parse_sites_file(text, "fuzz.yaml") {
+            Ok(sites) => {
+                for (i, site) in sites.iter().enumerate() {
+                    prop_assert_eq!(site.validate(), Ok(()));
+                    prop_assert!(sites[..i].iter().all(|s| s.id != site.id));
+                }
+            }
+            Err(e) => {
+                let text = format!("{e:#}");
+                prop_assert!(text.contains("sites file fuzz.yaml"), "{}", text);
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(config(1))]
+
+        #[test]
+        fn fuzz_sites_file_arbitrary(text in prop_oneof![awkward_string(12), any::<String>()]) {
+            check(&text)?;
+        }
+
+        #[test]
+        fn fuzz_sites_file_mutated(bytes in mutated_one_of(seeds())) {
+            check(&String::from_utf8_lossy(&bytes))?;
+        }
+
+        /// Valid sites, written as JSON (compact or pretty) or YAML (block or flow), read back
+        /// as themselves.
+        #[test]
+        fn fuzz_sites_file_valid_round_trips(
+            ids in proptest::collection::btree_set("[a-z0-9][a-z0-9_-]{0,20}", 0..4),
+            public in any::<bool>(),
+            tokens in proptest::collection::vec("[!-~]{16,30}", 0..3),
+            form in 0u8..4,
+        ) {
+            let sites: Vec<Value> = ids.iter().map(|id| {
+                let mut s = full_site(id);
+                s["public"] = public.into();
+                s["read_tokens"] = json!(tokens.iter().filter(|t| !t.contains('…')).collect::<Vec<_>>());
+                s
+            }).collect();
+            let text = match form {
+                0 => serde_json::to_string(&sites).unwrap_or_default(),
+                1 => serde_json::to_string_pretty(&sites).unwrap_or_default(),
+                2 => serde_yaml::to_string(&sites).unwrap_or_default(),
+                // YAML's flow style: JSON-like, with YAML's quoting.
+                _ => format!("[{}]", sites.iter().map(|s| serde_yaml::to_string(&vec![s]).unwrap_or_default()).map(|y| {
+                    let v: Value = serde_yaml::from_str(&y).unwrap_or(Value::Null);
+                    let single: String = serde_json::to_string(&v[0]).unwrap_or_default();
+                    single.replacen("{\"id\":", "{id: ", 1)
+                }).collect::<Vec<_>>().join(", ")),
+            };
+            let parsed = parse_sites_file(&text, "f").map_err(|e| TestCaseError::fail(format!("{e:#}\n{text}")))?;
+            let want: Vec<spool_proto::Site> = sites.iter().map(|s| serde_json::from_value(s.clone())).collect::<Result<_, _>>().map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(parsed, want);
+        }
+    }
+
+    /// 10,000 levels: a recursive parser would overflow a test thread's stack. (The YAML
+    /// parser takes time quadratic in the depth: ~1 s here, ~100 s at 100,000 levels; a
+    /// sites file is the operator's own, read once at start-up.)
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        for text in [
+            "[".repeat(10_000),
+            "- ".repeat(10_000),
+            "{a: ".repeat(10_000),
+            format!("[{}]", "[".repeat(10_000)),
+        ] {
+            assert!(parse_sites_file(&text, "f").is_err());
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use spool_platform::config::Secret;
 use spool_platform::http::check_admin;
+use spool_platform::http::PathParam;
 use spool_platform::Platform;
 use spool_proto::SiteId;
 
@@ -92,12 +93,16 @@ async fn list(
 async fn replay(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(seq): Path<String>,
+    PathParam(seq): PathParam,
 ) -> Result<Response, RevalidatorError> {
     check_admin(state.admin_token.as_deref(), &headers)?;
-    let seq: u64 = seq
-        .parse()
-        .map_err(|_| bad_parameter(format!("{seq:?} is not a dead-letter sequence number")))?;
+    // Sequences start at 1: JetStream refuses a read of 0 (found by the contract test: it
+    // was a 503).
+    let seq: u64 = seq.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+        bad_parameter(format!(
+            "seq: {seq:?} is not a dead-letter sequence number (a whole number from 1)"
+        ))
+    })?;
     let js = &state.platform.jetstream;
     let stored = dlq::get(js, seq)
         .await

@@ -250,7 +250,7 @@ pub fn with_cors(mut response: Response, origin: Option<HeaderValue>) -> Respons
 /// `OPTIONS`: the CORS preflight of a browser that sends `Authorization` or `Last-Event-ID`.
 pub async fn preflight(
     axum::extract::State(state): axum::extract::State<AppState>,
-    axum::extract::Path(site_param): axum::extract::Path<String>,
+    spool_platform::http::PathParam(site_param): spool_platform::http::PathParam,
     headers: HeaderMap,
 ) -> Response {
     let refused = || {

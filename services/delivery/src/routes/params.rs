@@ -122,17 +122,19 @@ pub fn last_event_id(headers: &axum::http::HeaderMap) -> Result<Option<&str>, De
         .transpose()
 }
 
-/// The SSE start point: `Last-Event-ID` (a reconnecting browser), else `?since=`.
+/// The SSE start point: `Last-Event-ID` (a reconnecting browser), else `?since=`. A bad
+/// `since` is refused even when `Last-Event-ID` wins (the contract test found it accepted).
 pub fn stream_cursor(
     params: &Params,
     last_event_id: Option<&str>,
 ) -> Result<Option<u64>, DeliveryError> {
+    let since = params.since()?;
     match last_event_id.map(str::trim).filter(|v| !v.is_empty()) {
         Some(id) => id
             .parse::<u64>()
             .map(Some)
             .map_err(|_| bad_param(format!("Last-Event-ID: {id:?} is not a sequence number"))),
-        None => params.since(),
+        None => Ok(since),
     }
 }
 
@@ -219,5 +221,10 @@ mod tests {
         assert_eq!(stream_cursor(&p("since=3"), Some(" ")).unwrap(), Some(3));
         assert_eq!(stream_cursor(&p(""), None).unwrap(), None);
         assert!(message(stream_cursor(&p(""), Some("x1")).unwrap_err()).contains("Last-Event-ID"));
+        assert!(
+            message(stream_cursor(&p("since=18446744073709551616"), Some("7")).unwrap_err())
+                .contains("since"),
+            "a bad since is refused even when Last-Event-ID wins"
+        );
     }
 }

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
+use spool_platform::http::PathParam;
 use spool_proto::Site;
 use tokio::sync::broadcast;
 
@@ -21,7 +22,7 @@ use crate::window::Filter;
 
 pub async fn poll(
     State(state): State<AppState>,
-    Path(site): Path<String>,
+    PathParam(site): PathParam,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {

@@ -17,11 +17,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
+use spool_platform::http::PathParam;
 use tokio::time::{Interval, MissedTickBehavior};
 
 use super::access::{self, with_cors};
@@ -43,7 +44,7 @@ const MAX_CHUNK: usize = 64 * 1024;
 
 pub async fn stream(
     State(state): State<AppState>,
-    Path(site): Path<String>,
+    PathParam(site): PathParam,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {

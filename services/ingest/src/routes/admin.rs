@@ -1,12 +1,12 @@
 //! The admin API: `PUT/GET/DELETE /v1/admin/sites/{site}` and `GET /v1/admin/sites`,
 //! behind `Authorization: Bearer $SPOOL_ADMIN_TOKEN`. Secrets are never echoed in full.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
-use spool_platform::http::check_admin;
+use spool_platform::http::{check_admin, PathParam};
 use spool_proto::site::REDACTED_MARK;
 use spool_proto::{Site, SiteId};
 
@@ -41,7 +41,7 @@ pub async fn list(
 
 pub async fn get(
     State(state): State<AppState>,
-    Path(site): Path<String>,
+    PathParam(site): PathParam,
     headers: HeaderMap,
 ) -> Result<Response, IngestError> {
     authorize(&state, &headers)?;
@@ -58,7 +58,7 @@ pub async fn get(
 /// and must otherwise equal the path's.
 pub async fn put(
     State(state): State<AppState>,
-    Path(site): Path<String>,
+    PathParam(site): PathParam,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, IngestError> {
@@ -107,7 +107,7 @@ pub async fn put(
 
 pub async fn delete(
     State(state): State<AppState>,
-    Path(site): Path<String>,
+    PathParam(site): PathParam,
     headers: HeaderMap,
 ) -> Result<Response, IngestError> {
     authorize(&state, &headers)?;

@@ -3,11 +3,12 @@
 
 use std::time::Instant;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+use spool_platform::http::PathParam;
 use spool_platform::rate::retry_after_secs;
 use spool_platform::registry::Lookup;
 use spool_proto::signing::{SigningKey, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
@@ -25,7 +26,7 @@ const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 
 pub async fn receive(
     State(state): State<AppState>,
-    Path(site): Path<String>,
+    PathParam(site): PathParam,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
