@@ -406,7 +406,7 @@ async fn read(shared: Arc<Shared>, got: Got, min_connection: Duration) {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        let mut events = response.bytes_stream().eventsource_frames();
+        let mut events = frames(response);
         let until = tokio::time::sleep(lasting);
         tokio::pin!(until);
         loop {
@@ -428,25 +428,18 @@ async fn read(shared: Arc<Shared>, got: Got, min_connection: Duration) {
     }
 }
 
-/// SSE frames as (`id`, event type), parsed by `eventsource-stream`.
-trait Frames {
-    fn eventsource_frames(self) -> futures::stream::BoxStream<'static, (u64, String)>;
-}
-
-impl<S> Frames for S
-where
-    S: futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static,
-{
-    fn eventsource_frames(self) -> futures::stream::BoxStream<'static, (u64, String)> {
-        use eventsource_stream::Eventsource;
-        self.eventsource()
-            .take_while(|e| futures::future::ready(e.is_ok()))
-            .filter_map(|e| async move {
-                let e = e.ok()?;
-                Some((e.id.parse().unwrap_or(0), e.event))
-            })
-            .boxed()
-    }
+/// A response's SSE frames as (`id`, event type), parsed by `eventsource-stream`.
+fn frames(response: reqwest::Response) -> futures::stream::BoxStream<'static, (u64, String)> {
+    use eventsource_stream::Eventsource;
+    response
+        .bytes_stream()
+        .eventsource()
+        .take_while(|e| futures::future::ready(e.is_ok()))
+        .filter_map(|e| async move {
+            let e = e.ok()?;
+            Some((e.id.parse().unwrap_or(0), e.event))
+        })
+        .boxed()
 }
 
 /// Consumers on the streams the services read.

@@ -180,11 +180,24 @@ impl Hub {
 
     /// A revalidation call's outcome: a target that answered `2xx` no longer holds the
     /// events it covered, and the site's readers hear that their paths are fresh (after the
-    /// events, which may still be held).
+    /// events, which may still be held). The notice is built outside the lock the feed
+    /// takes for every event: it reads the events' paths back from their JSON.
     pub fn answered(&self, outcome: &CallOutcome) {
         if !outcome.ok {
             return;
         }
+        let site = outcome.site.as_str();
+        let covered = self.unhold(outcome);
+        let Some(notice) = Revalidated::new(outcome, covered.iter().map(|e| &**e)) else {
+            return;
+        };
+        // Sent now if its events went out meanwhile, else right after the last one's release.
+        self.state().notify(site, Arc::new(notice));
+    }
+
+    /// Takes the outcome's target off the events it covered, releases what that frees, and
+    /// returns the covered events this replica has, if anyone reads the site here.
+    fn unhold(&self, outcome: &CallOutcome) -> Vec<Arc<FeedEvent>> {
         let (site, target) = (outcome.site.as_str(), outcome.target.as_str());
         let mut state = self.state();
         let last_seq = state.last_seq;
@@ -211,20 +224,18 @@ impl Hub {
                 None => {}
             }
         }
-        // Someone reads the site here: they may want to know (only its own events count).
-        if state.sites.contains_key(site) {
-            let window = &state.window;
-            let covered = outcome
-                .seqs
-                .iter()
-                .filter_map(|&seq| window.get(seq))
-                .filter(|event| event.site == site)
-                .map(|event| &**event);
-            if let Some(notice) = Revalidated::new(outcome, covered) {
-                state.notify(site, Arc::new(notice));
-            }
-        }
         state.release(site, SystemTime::now());
+        if !state.sites.contains_key(site) {
+            return Vec::new();
+        }
+        // Only the site's own events count (an outcome can't speak for another site's).
+        outcome
+            .seqs
+            .iter()
+            .filter_map(|&seq| state.window.get(seq))
+            .filter(|event| event.site == site)
+            .cloned()
+            .collect()
     }
 
     /// Releases every held event whose time has come (its deadline passed).

@@ -5,6 +5,8 @@
 //! each reader is told only of the events it may see (audience and collections), and only
 //! of their paths and tags, so a visitor never learns a draft's path.
 
+use std::sync::OnceLock;
+
 use bytes::Bytes;
 use serde::Serialize;
 use spool_proto::outcome::CallOutcome;
@@ -19,6 +21,9 @@ pub struct Revalidated {
     target: String,
     at: String,
     covered: Vec<Covered>,
+    /// The frames of readers of every collection — visitors, and preview readers — built
+    /// by the first of them and shared by the rest (most readers filter nothing).
+    unfiltered: [OnceLock<Option<Bytes>>; 2],
 }
 
 /// One event the call covered: who may see it, and its paths and tags the call revalidated.
@@ -80,6 +85,7 @@ impl Revalidated {
             target: outcome.target.clone(),
             at,
             covered,
+            unfiltered: Default::default(),
         })
     }
 
@@ -91,6 +97,15 @@ impl Revalidated {
     /// The frame for a reader with `filter`: only the events it may see, and their paths and
     /// tags, each once; `None` when it may see none of them.
     pub fn frame(&self, filter: &Filter) -> Option<Bytes> {
+        if filter.collections.is_some() {
+            return self.encode(filter);
+        }
+        self.unfiltered[usize::from(filter.preview)]
+            .get_or_init(|| self.encode(filter))
+            .clone()
+    }
+
+    fn encode(&self, filter: &Filter) -> Option<Bytes> {
         let seen: Vec<&Covered> = self
             .covered
             .iter()
@@ -192,6 +207,13 @@ mod tests {
             visitor,
             serde_json::json!({"target": "t1", "seqs": [1], "paths": ["/blog/a", "/blog"],
                 "tags": ["blog", "blog:a"], "at": "2026-11-25T10:00:01Z"})
+        );
+        let again = notice.frame(&reader(false, None)).unwrap();
+        let first = notice.frame(&reader(false, None)).unwrap();
+        assert_eq!(
+            again.as_ptr(),
+            first.as_ptr(),
+            "built once, shared by every visitor"
         );
         let editor = data(notice.frame(&reader(true, None)).unwrap());
         assert_eq!(editor["seqs"], serde_json::json!([1, 2]));

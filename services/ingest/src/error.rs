@@ -16,7 +16,7 @@ pub enum IngestError {
     #[error("{0}")]
     Unauthorized(String),
     /// An admin call without the admin token (the answers are the platform's).
-    #[error("{}", spool_platform::http::ApiError::from(*.0).message)]
+    #[error("{0}")]
     Admin(AdminAuthError),
     #[error("body is larger than {limit} bytes")]
     TooLarge { limit: usize },

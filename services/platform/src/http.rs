@@ -130,11 +130,14 @@ pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
 }
 
 /// Why an admin request was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AdminAuthError {
     /// No `SPOOL_ADMIN_TOKEN` is configured: the admin API is off.
+    #[error("the admin API is disabled: set SPOOL_ADMIN_TOKEN to enable it")]
     Disabled,
+    #[error("missing Authorization: Bearer <admin token>")]
     Missing,
+    #[error("wrong admin token")]
     Wrong,
 }
 
@@ -157,15 +160,12 @@ pub fn check_admin(
 impl From<AdminAuthError> for ApiError {
     fn from(e: AdminAuthError) -> ApiError {
         match e {
-            AdminAuthError::Disabled => ApiError::new(
-                StatusCode::FORBIDDEN,
-                "admin_disabled",
-                "the admin API is disabled: set SPOOL_ADMIN_TOKEN to enable it",
-            ),
-            AdminAuthError::Missing => {
-                ApiError::unauthorized("missing Authorization: Bearer <admin token>")
+            AdminAuthError::Disabled => {
+                ApiError::new(StatusCode::FORBIDDEN, "admin_disabled", e.to_string())
             }
-            AdminAuthError::Wrong => ApiError::unauthorized("wrong admin token"),
+            AdminAuthError::Missing | AdminAuthError::Wrong => {
+                ApiError::unauthorized(e.to_string())
+            }
         }
     }
 }

@@ -7,8 +7,8 @@ use spool_platform::http::{AdminAuthError, ApiError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RevalidatorError {
-    #[error("admin authentication: {0:?}")]
-    Admin(AdminAuthError),
+    #[error(transparent)]
+    Admin(#[from] AdminAuthError),
     #[error("{0}")]
     BadParameter(String),
     #[error("no dead letter {0}")]
@@ -51,11 +51,5 @@ impl RevalidatorError {
 impl IntoResponse for RevalidatorError {
     fn into_response(self) -> Response {
         self.to_api_error().into_response()
-    }
-}
-
-impl From<AdminAuthError> for RevalidatorError {
-    fn from(e: AdminAuthError) -> Self {
-        RevalidatorError::Admin(e)
     }
 }
